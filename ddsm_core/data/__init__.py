@@ -1,0 +1,1 @@
+"""Dataset readers, validation, the synthetic demo set and tf.data pipelines."""

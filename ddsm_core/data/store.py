@@ -1,0 +1,183 @@
+"""Datasets in the workspace: written whole (staging folder + rename), listed and loaded.
+
+A dataset is a folder with dataset.json (source, counts, import report),
+manifest.parquet (one row per patch) and, for formats we convert, images/.
+Manifest columns: path (relative to the dataset folder, or absolute when the
+images stay where the user keeps them), filename, label (0-4), split
+(train|test), group, width, height, channels, dark_fraction, saturated_block,
+noisy, plus any extra columns the source carried.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .. import workspace
+from ..errors import UserError
+from ..tasks import SOURCE_LABELS
+from . import noise
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SPLITS = ("train", "test")
+PATIENT_PREFIX = re.compile(r"^(P_\d+)")
+
+
+@dataclass
+class Dataset:
+    name: str
+    folder: Path
+    info: dict
+    manifest: pd.DataFrame
+
+    def image_path(self, relative_or_absolute: str) -> Path:
+        return self.folder / relative_or_absolute
+
+    def absolute_paths(self, rows: pd.DataFrame | None = None) -> list[str]:
+        rows = self.manifest if rows is None else rows
+        return [str(self.folder / p) for p in rows["path"]]
+
+
+def check_name(name: str) -> None:
+    if not name or not NAME_PATTERN.match(name):
+        raise UserError(
+            f"dataset name {name!r} is not valid: use letters, digits, '_', '-' or '.', up to 64 characters"
+        )
+
+
+def check_new_name(root: Path, name: str, replace: bool) -> None:
+    check_name(name)
+    if workspace.dataset_dir(root, name).exists() and not replace:
+        raise UserError(f"dataset {name!r} already exists in {root}: pass --replace to overwrite it")
+
+
+def group_from_filename(filename: str) -> str:
+    """DDSM file names start with the patient (P_00012_...); otherwise a patch is its own group."""
+    match = PATIENT_PREFIX.match(Path(filename).name)
+    return match.group(1) if match else Path(filename).stem
+
+
+def _natural_key(text: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def refuse_or_record(bad: list[dict], good: list[dict], skip_bad: bool) -> None:
+    """Refuse an import with bad rows (one line each) unless --skip-bad; never import nothing."""
+    bad.sort(key=lambda entry: _natural_key(entry["where"]))
+    if bad and not skip_bad:
+        lines = [f"{entry['where']}: {entry['file']}: {entry['reason']}" for entry in bad]
+        lines.append(f"{len(bad)} bad row(s), nothing was imported: fix them, "
+                     f"or pass --skip-bad to import the {len(good)} good row(s)")
+        raise UserError(lines)
+    for split in SPLITS:
+        if not any(row["split"] == split for row in good):
+            raise UserError(f"no usable patches in the {split} split: nothing was imported")
+
+
+def counts_by_split(manifest: pd.DataFrame) -> dict:
+    """{"train": {"0": n, ...}, "test": {...}} keyed by source label, every label listed."""
+    result = {}
+    for split in SPLITS:
+        labels = manifest.loc[manifest["split"] == split, "label"]
+        result[split] = {str(label): int((labels == label).sum()) for label in SOURCE_LABELS}
+    return result
+
+
+def import_warnings(manifest: pd.DataFrame) -> list[str]:
+    """Things worth knowing that do not stop an import: mixed sizes, empty classes."""
+    warnings = []
+    sizes = (manifest["width"].astype(str) + "x" + manifest["height"].astype(str)).value_counts()
+    if len(sizes) > 1:
+        listed = ", ".join(f"{size} ({count})" for size, count in sizes.items())
+        warnings.append(f"mixed image sizes: {listed}; patches are resized to the run's image size")
+    for split, per_label in counts_by_split(manifest).items():
+        for label, count in per_label.items():
+            if count == 0:
+                warnings.append(f"{split} split has no patches of class {label} ({SOURCE_LABELS[int(label)]})")
+    if (manifest["group"] == manifest["filename"].map(lambda f: Path(f).stem)).all():
+        warnings.append("no patient or mammogram group found: validation splits will be patch-level and may leak")
+    return warnings
+
+
+def save(root: Path, name: str, fmt: str, source: dict, manifest: pd.DataFrame,
+         skipped: list[dict], staging: Path, replace: bool) -> Dataset:
+    """Finish a dataset written into `staging` and move it into place in one rename."""
+    manifest = manifest.reset_index(drop=True)
+    manifest["noisy"] = noise.flag_noisy(manifest)
+    info = {
+        "name": name,
+        "format": fmt,
+        "source": source,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_patches": int(len(manifest)),
+        "counts": counts_by_split(manifest),
+        "import_report": {
+            "skipped": skipped,
+            "warnings": import_warnings(manifest),
+            "noise_filter": {
+                "dark_level": noise.DARK_LEVEL,
+                "saturated_level": noise.SATURATED_LEVEL,
+                "dark_fraction": noise.DEFAULT_DARK_FRACTION,
+                "saturated_block": noise.DEFAULT_SATURATED_BLOCK,
+                "noisy_normals": int((manifest["noisy"] & (manifest["label"] == 0)).sum()),
+            },
+        },
+    }
+    workspace.write_parquet(staging / "manifest.parquet", manifest)
+    workspace.write_json(staging / "dataset.json", info)
+    target = workspace.dataset_dir(root, name)
+    workspace.replace_dir(staging, target)
+    return Dataset(name, target, info, manifest)
+
+
+@contextmanager
+def staging(root: Path, name: str):
+    """A hidden folder to build a dataset in; removed, with any folder it created, if the build fails.
+
+    A failed or refused import leaves the workspace exactly as it was.
+    """
+    parent = workspace.datasets_dir(root)
+    parent_existed = parent.exists()
+    folder = workspace.staging_dir(parent, name)
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not parent_existed:
+            shutil.rmtree(parent, ignore_errors=True)
+        raise
+    finally:
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def list_datasets(root: Path) -> list[str]:
+    folder = workspace.datasets_dir(root)
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "dataset.json").exists())
+
+
+def load(root: Path, name: str) -> Dataset:
+    folder = workspace.dataset_dir(root, name)
+    if not (folder / "dataset.json").exists():
+        known = ", ".join(list_datasets(root)) or "none yet"
+        raise UserError(f"no dataset named {name!r} in {root} (datasets: {known})")
+    info = workspace.read_json(folder / "dataset.json")
+    manifest = pd.read_parquet(folder / "manifest.parquet")
+    return Dataset(name, folder, info, manifest)
+
+
+def summaries(root: Path) -> list[dict]:
+    """What `datasets --json` prints: name, format, counts and size of each dataset."""
+    result = []
+    for name in list_datasets(root):
+        info = workspace.read_json(workspace.dataset_dir(root, name) / "dataset.json")
+        result.append({key: info.get(key) for key in ("name", "format", "counts", "n_patches", "created")}
+                      | {"skipped": len(info.get("import_report", {}).get("skipped", []))})
+    return result

@@ -99,7 +99,7 @@ def _demo(args):
     from . import demo
 
     demo.run_demo(workspace.workspace_root(args.workspace), n_train=args.n_train, n_test=args.n_test,
-                  image_size=args.image_size, epochs=args.epochs)
+                  image_size=args.image_size, epochs=args.epochs, if_empty=args.if_empty)
 
 
 def _worker(args):
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-test", type=int, default=None)
     demo.add_argument("--image-size", type=int, default=None)
     demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--if-empty", action="store_true", help="only when the workspace has no datasets or runs")
     demo.set_defaults(handler=_demo)
 
     worker = commands.add_parser("worker", parents=[common], help=argparse.SUPPRESS)

@@ -81,9 +81,13 @@ def launch(root: Path, run_id: str) -> str:
     log.close()
     # mark it running before the child takes its lock, so a second dispatch counts it
     runs.write_status(root, run_id, state="running", pid=process.pid, step=0, error=None)
-    # reap the child when it exits, so a long-lived launcher (the dashboard) keeps no zombies
-    threading.Thread(target=process.wait, daemon=True).start()
+    reap_later(process)
     return run_id
+
+
+def reap_later(process: subprocess.Popen) -> None:
+    """Wait for the child in a thread, so a long-lived launcher (the dashboard) keeps no zombies."""
+    threading.Thread(target=process.wait, daemon=True).start()
 
 
 def work(root: Path, run_id: str) -> None:

@@ -1,0 +1,26 @@
+"""The review dashboard: `streamlit run streamlit_app.py` (workspace: $DDSM_WORKSPACE or ./artifacts).
+
+This file owns the page list and the shared sidebar (run picker and retrain
+panel); each view is a thin file in pages/ that reads ddsm_core.review and draws.
+"""
+import streamlit as st
+
+from pages import _shared as shared
+
+st.set_page_config(page_title="DDSM patch classifier review", page_icon=":material/radiology:", layout="wide")
+
+PAGES = [
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:", url_path="runs", default=True),
+    st.Page("pages/training_curves.py", title="Training curves", icon=":material/show_chart:", url_path="curves"),
+    st.Page("pages/confusion_matrix.py", title="Confusion matrix", icon=":material/grid_on:", url_path="confusion"),
+    st.Page("pages/certainty.py", title="Certainty", icon=":material/insights:", url_path="certainty"),
+    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:", url_path="gallery"),
+    st.Page("pages/data.py", title="Data", icon=":material/dataset:", url_path="data"),
+]
+
+navigation = st.navigation(PAGES)
+all_records = shared.records()
+shared.run_picker(all_records)
+shared.retrain_panel(all_records)
+st.sidebar.caption(f"Workspace: {shared.root()}")
+navigation.run()

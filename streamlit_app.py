@@ -19,8 +19,5 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
-all_records = shared.records()
-shared.run_picker(all_records)
-shared.retrain_panel(all_records)
-st.sidebar.caption(f"Workspace: {shared.root()}")
+shared.sidebar()
 navigation.run()

@@ -16,6 +16,7 @@ from ddsm_core.models import BACKBONES
 from ddsm_core.tasks import TASKS
 
 RUN_KEY = "review_run_id"  # the picked run, for the pages
+SIDEBAR_DRAWN = "_sidebar_drawn"  # set by the sidebar, consumed by the page of the same script run
 FINAL = ("completed", "failed", "cancelled", "interrupted")
 
 
@@ -103,6 +104,28 @@ def run_picker(all_records: list[dict]) -> str | None:
     st.query_params["run"] = run_id
     st.session_state[RUN_KEY] = run_id
     return run_id
+
+
+def sidebar() -> None:
+    """The shared sidebar: run picker, retrain panel, workspace. Drawn by streamlit_app.py before the page."""
+    all_records = records()
+    run_picker(all_records)
+    retrain_panel(all_records)
+    st.sidebar.caption(f"Workspace: {root()}")
+    st.session_state[SIDEBAR_DRAWN] = True
+
+
+def page_setup() -> None:
+    """First call of every page: draws the sidebar when streamlit_app.py did not run in this script run.
+
+    That happens when Streamlit runs a pages/ file on its own: the legacy
+    pages-folder mode it still enters for a folder named pages/ (AppTest's
+    switch_page in 1.67, and a fresh server's first request to a page URL),
+    and `streamlit run pages/x.py`.
+    """
+    if not st.session_state.pop(SIDEBAR_DRAWN, False):
+        sidebar()
+        st.session_state.pop(SIDEBAR_DRAWN, None)
 
 
 def current() -> dict | None:
@@ -246,6 +269,7 @@ def _demo_status(here: Path) -> None:
 
 def require_run() -> dict:
     """The picked run's record; on an empty workspace shows the demo offer and stops the page."""
+    page_setup()
     record = current()
     if record is None:
         demo_offer()

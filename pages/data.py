@@ -7,6 +7,7 @@ from ddsm_core.data import store
 from ddsm_core.tasks import SOURCE_LABELS
 from pages import _shared as shared
 
+shared.page_setup()
 st.title("Data")
 root = shared.root()
 names = store.list_datasets(root)

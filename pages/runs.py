@@ -5,6 +5,7 @@ import streamlit as st
 from ddsm_core import review
 from pages import _shared as shared
 
+shared.page_setup()
 st.title("Runs")
 all_records = shared.records()
 if not all_records:

@@ -142,18 +142,23 @@ def staging(root: Path, name: str):
     A failed or refused import leaves the workspace exactly as it was.
     """
     parent = workspace.datasets_dir(root)
-    parent_existed = parent.exists()
+    created = _topmost_missing(parent)
     folder = workspace.staging_dir(parent, name)
     try:
         yield folder
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        if not parent_existed:
-            shutil.rmtree(parent, ignore_errors=True)
+        shutil.rmtree(created or folder, ignore_errors=True)
         raise
-    finally:
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The highest folder of path that does not exist yet (None when path exists)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def list_datasets(root: Path) -> list[str]:

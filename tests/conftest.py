@@ -1,0 +1,49 @@
+"""Shared fixtures: a small workspace with real trained runs (built once per session) and copies of it."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class TrainedWorkspace:
+    root: Path
+    run_t0: str  # task 0 (five classes), small_cnn, 2 epochs, evaluated on test
+    run_t5: str  # task 5 (mass: benign vs malignant), created after run_t0, so the default run
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [self.run_t0, self.run_t5]
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory) -> TrainedWorkspace:
+    """Synthetic seed-csv dataset "synth" and two trained, evaluated small_cnn runs (a few seconds each)."""
+    from ddsm_core.config import RunConfig
+    from ddsm_core.data import synth
+    from ddsm_core.data.seed_csv import import_seed_csv
+    from ddsm_core.training import create_run, train_and_evaluate
+
+    base = tmp_path_factory.mktemp("review")
+    src, root = base / "src", base / "workspace"
+    synth.write_seed_csv(src, n_train=240, n_test=120, size=64, seed=1)
+    import_seed_csv(root, "synth", src / "train.csv", src / "train_images", src / "test.csv", src / "test_images")
+    run_ids = []
+    for task in (0, 5):
+        run_id = create_run(root, RunConfig(dataset="synth", task=task, backbone="small_cnn", epochs=2,
+                                            image_size=32, batch_size=32, lr=1e-3))
+        train_and_evaluate(root, run_id, log=lambda *_: None)
+        run_ids.append(run_id)
+    return TrainedWorkspace(root, *run_ids)
+
+
+@pytest.fixture
+def workspace_copy(trained_workspace, tmp_path) -> TrainedWorkspace:
+    """A private copy of the trained workspace, for tests that change it (predictions keep absolute paths
+    into the original dataset folder, which stays untouched)."""
+    root = tmp_path / "workspace"
+    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns(".lock", ".dispatch.lock"))
+    return replace(trained_workspace, root=root)

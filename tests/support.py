@@ -1,0 +1,53 @@
+"""Helpers shared by the tests: synthetic sources, the CLI as a subprocess, workspace snapshots."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**extra) -> dict:
+    env = os.environ | {"PYTHONPATH": str(PROJECT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("DDSM_WORKSPACE", None)
+    return env | {k: str(v) for k, v in extra.items()}
+
+
+def cli(*args, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
+    """Run `python -m ddsm_core ARGS` and return the finished process (text output)."""
+    result = subprocess.run([sys.executable, "-m", "ddsm_core", *map(str, args)], capture_output=True,
+                            text=True, env=env or cli_env(), timeout=timeout, cwd=PROJECT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ddsm_core {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_cli(*args, env=None, log=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ddsm_core", *map(str, args)], env=env or cli_env(),
+                            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT)
+
+
+def errors(result: subprocess.CompletedProcess) -> list[str]:
+    """The `error: ...` lines the CLI printed."""
+    return [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under root with a hash of its bytes: equal snapshots mean nothing changed."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    result = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        result[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return result
+
+
+def seed_csv_args(name: str, source: Path, workspace: Path) -> list[str]:
+    return ["import", "seed-csv", "--workspace", workspace, "--name", name,
+            "--train-csv", source / "train.csv", "--train-images", source / "train_images",
+            "--test-csv", source / "test.csv", "--test-images", source / "test_images"]

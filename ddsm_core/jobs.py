@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 from . import runs, workspace
-from .config import RunConfig
+from .config import RunConfig, check_dataset, check_settings, new_run_id, validate_run_id
+from .data import store
 from .errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,10 +27,22 @@ def max_concurrent() -> int:
     return max(1, int(os.environ.get("DDSM_MAX_JOBS", "1")))
 
 
+def create_run(root: Path, config: RunConfig, run_id: str | None = None) -> str:
+    """Check every setting, then create the run folder (queued). Nothing is written on a bad setting."""
+    problems = check_settings(config)
+    if problems:
+        raise UserError(problems)
+    dataset = store.load(root, config.dataset)
+    problems = check_dataset(config, dataset.manifest)
+    if problems:
+        raise UserError(problems)
+    run_id = validate_run_id(run_id) if run_id else new_run_id(config)
+    runs.create(root, run_id, config.to_dict())
+    return run_id
+
+
 def submit(root: Path, config: RunConfig, run_id: str | None = None) -> str:
     """Check and create a run (queued), then start it if a slot is free. Returns the run id."""
-    from .training import create_run  # checks every setting first
-
     run_id = create_run(root, config, run_id)
     dispatch(root)
     return run_id

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import jobs, runs, workspace
-from .config import RunConfig, check_dataset, check_settings, new_run_id, validate_run_id
+from .config import RunConfig
 from .data import store
 from .data.images import read_gray
 from .errors import UserError
@@ -452,33 +452,6 @@ def _child_env() -> dict:
     project = str(jobs.PROJECT_ROOT)
     return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])),
                          "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-
-
-def create_run(root: Path, config: RunConfig, run_id: str | None = None) -> str:
-    """training.create_run without importing TensorFlow: check every setting, then create the queued run."""
-    problems = check_settings(config)
-    if problems:
-        raise UserError(problems)
-    dataset = store.load(root, config.dataset)
-    problems = check_dataset(config, dataset.manifest)
-    if problems:
-        raise UserError(problems)
-    run_id = validate_run_id(run_id) if run_id else new_run_id(config)
-    runs.create(root, run_id, config.to_dict())
-    return run_id
-
-
-def submit(root: Path, config: RunConfig) -> str:
-    """jobs.submit for the dashboard: same checks and queue, but the app process never imports TensorFlow.
-
-    (jobs.submit imports ddsm_core.training, which imports keras at module level.)
-    Raises UserError whose .problems are one sentence each.
-    """
-    if "ddsm_core.training" in sys.modules:  # already paid for: use the library's own path
-        return jobs.submit(root, config)
-    run_id = create_run(root, config)
-    jobs.dispatch(root)
-    return run_id
 
 
 def start_evaluation(root: Path, run_id: str, split: str = "test") -> int:

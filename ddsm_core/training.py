@@ -23,13 +23,14 @@ import numpy as np
 import pandas as pd
 
 from . import runs, workspace
-from .config import (MONITORS, RunConfig, check_dataset, check_settings, config_from_args, new_run_id,
-                     validate_run_id)
+from .config import MONITORS, RunConfig, check_settings, config_from_args, validate_run_id
+from .jobs import create_run
 from .data import store
 from .errors import UserError
 from .tasks import get_task
 
-STATUS_INTERVAL_S = 1.0
+# status.json is rewritten at most this often during an epoch (tests set 0 to see every batch)
+STATUS_INTERVAL_S = float(os.environ.get("DDSM_STATUS_SECONDS", "1.0"))
 
 
 class CancelRequested(Exception):
@@ -200,10 +201,12 @@ def is_chief() -> bool:
 def _datasets(config: RunConfig, rows: pd.DataFrame, dataset: store.Dataset):
     from .data.pipeline import make_dataset
 
+    distributed = config.strategy != "default"
+
     def build(subset: pd.DataFrame, training: bool):
         return make_dataset(dataset.absolute_paths(subset), subset["target"], config.image_size,
                             config.batch_size, shuffle=training, augment=training and config.augment,
-                            cache=config.cache, seed=config.seed)
+                            cache=config.cache, seed=config.seed, drop_remainder=distributed)
 
     train_rows, val_rows = rows[rows["subset"] == "train"], rows[rows["subset"] == "val"]
     return build(train_rows, True), build(val_rows, False), len(train_rows)
@@ -223,6 +226,25 @@ def _model(config: RunConfig, files: RunFiles, state: dict, strategy, n_classes:
         return model
 
 
+def _prepare_multiworker_fit(model, dataset, strategy) -> None:
+    """Work around Keras 3's known incompatibility with MultiWorkerMirroredStrategy
+    (tensorflow/tensorflow#72388), two private spots:
+
+    - fit() builds the metrics from a first batch by reducing a tuple of
+      per-replica values, which that strategy rejects: build them here from one
+      local batch, so that step has nothing left to do.
+    - fit() reduces each scalar log with axis=0, which fails on scalars: the
+      logs are already synchronised across workers by then, so each worker
+      takes its local value instead.
+    """
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+
+
 def _watch_signals(cancel: threading.Event):
     def request_stop(signum, frame):
         cancel.set()
@@ -237,9 +259,13 @@ def prepare_rows(root: Path, config: RunConfig) -> tuple[store.Dataset, pd.DataF
     return dataset, split_train_val(rows, config.val_fraction, config.seed)
 
 
-def train_run(root: Path, run_id: str, log=print) -> str:
-    """Train (or continue) a run to the end; returns its final state."""
-    config = RunConfig.from_dict(runs.read_config(root, run_id))
+def train_run(root: Path, run_id: str, log=print, config: RunConfig | None = None) -> str:
+    """Train (or continue) a run to the end; returns its final state.
+
+    A non-chief worker of a multi-worker run passes its config: it trains in
+    step with the chief but writes only to a scratch folder.
+    """
+    config = config or RunConfig.from_dict(runs.read_config(root, run_id))
     chief = config.strategy != "multiworker" or is_chief()
     lock = runs.RunLock(root, run_id).acquire() if chief else None
     files = RunFiles(root, run_id, chief)
@@ -271,9 +297,11 @@ def _train(root, run_id, config, files, cancel, log) -> str:
         recorder = RunRecorder(files, state, config, steps, cancel, log)
         weights = (balanced_class_weights(rows.loc[rows["subset"] == "train", "target"].to_numpy(), task.n_classes)
                    if config.class_weights == "balanced" else None)
+        if config.strategy == "multiworker":
+            _prepare_multiworker_fit(model, train_data, strategy)
         if state["epochs_done"] < config.epochs:
             log(f"run {run_id}: {task.name}, {config.backbone}, {n_train} training patches, "
-                f"epochs {state['epochs_done'] + 1}-{config.epochs}")
+                f"epochs {state['epochs_done'] + 1}-{config.epochs}, {strategy.num_replicas_in_sync} replica(s)")
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
                       class_weight=weights, callbacks=[recorder], shuffle=False, verbose=0)
     except CancelRequested:
@@ -291,31 +319,19 @@ def _train(root, run_id, config, files, cancel, log) -> str:
 
 # ---------------------------------------------------------------- entry points
 
-def create_run(root: Path, config: RunConfig, run_id: str | None = None) -> str:
-    """Check every setting, then create the run folder (queued). Nothing is written on a bad setting."""
-    problems = check_settings(config)
-    if problems:
-        raise UserError(problems)
-    dataset = store.load(root, config.dataset)
-    problems = check_dataset(config, dataset.manifest)
-    if problems:
-        raise UserError(problems)
-    run_id = validate_run_id(run_id) if run_id else new_run_id(config)
-    runs.create(root, run_id, config.to_dict())
-    return run_id
-
-
 def train_and_evaluate(root: Path, run_id: str, evaluate: bool = True, log=print) -> str:
     state = train_run(root, run_id, log=log)
-    if state == "completed" and evaluate and runs.exists(root, run_id) and _is_chief_run(root, run_id):
+    if state == "completed" and evaluate:
         from .evaluation import evaluate_run
 
-        evaluate_run(root, run_id, split="test", log=log)
+        runs.write_status(root, run_id, evaluation="running")
+        try:
+            evaluate_run(root, run_id, split="test", log=log)
+        except Exception as error:
+            runs.write_status(root, run_id, evaluation=f"failed: {error}".splitlines()[0][:500])
+            raise
+        runs.write_status(root, run_id, evaluation="done")
     return state
-
-
-def _is_chief_run(root: Path, run_id: str) -> bool:
-    return runs.read_config(root, run_id).get("strategy") != "multiworker" or is_chief()
 
 
 def train_from_args(args) -> str:
@@ -327,11 +343,23 @@ def train_from_args(args) -> str:
         runs.require(root, run_id)
         if runs.effective_state(root, run_id) == "completed":
             raise UserError(f"run {run_id} is already completed")
+    elif getattr(args, "strategy", None) == "multiworker" and not is_chief():
+        return _train_as_worker(root, args)
     else:
-        config = config_from_args(args)
-        joining = config.strategy == "multiworker" and args.run_id and runs.exists(root, args.run_id)
-        run_id = args.run_id if joining else create_run(root, config, args.run_id)
+        run_id = create_run(root, config_from_args(args), args.run_id)
     state = train_and_evaluate(root, run_id, evaluate=not args.no_evaluate)
     if state == "cancelled":
         raise UserError(f"run {run_id} was cancelled; continue it with: python -m ddsm_core train --resume {run_id}")
     return run_id
+
+
+def _train_as_worker(root: Path, args) -> str:
+    """A non-chief worker: same settings and run id as the chief, no files of its own in the workspace."""
+    if not args.run_id:
+        raise UserError("every worker of a multi-worker run needs the same --run-id as the chief")
+    config = config_from_args(args)
+    problems = check_settings(config)
+    if problems:
+        raise UserError(problems)
+    train_run(root, validate_run_id(args.run_id), config=config)
+    return args.run_id

@@ -62,45 +62,66 @@ def dataset(name: str):
 
 # ---------------------------------------------------------------- the run picker
 
-def _pick(label: str, key: str, options: list, default, **kwargs):
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = default if default in options else options[0]
-    return st.selectbox(label, options, key=key, **kwargs)
+LEVELS = ("dataset", "task", "backbone", "run")
+SELECTION = "_run_selection"  # {dataset, task, backbone, run}: the one source of truth for the pickers
+LINK_SEEN = "_run_link_seen"  # the ?run= value last written or applied
+
+
+def _record_field(record: dict, level: str):
+    return record["run_id"] if level == "run" else record[level]
+
+
+def _select(run_id: str) -> None:
+    record = review.find_record(records(), run_id)
+    st.session_state[SELECTION] = {level: _record_field(record, level) for level in LEVELS}
+
+
+def _on_pick(level: str) -> None:
+    """A picker changed: keep the levels above, keep the levels below where still possible."""
+    chosen = dict(st.session_state.get(SELECTION) or {}) | {level: st.session_state[f"pick_{level}"]}
+    above = LEVELS[:LEVELS.index(level) + 1]
+    mine = [r for r in records() if all(_record_field(r, lv) == chosen[lv] for lv in above)]
+    for lower in LEVELS[LEVELS.index(level) + 1:]:
+        keep = [r for r in mine if _record_field(r, lower) == chosen.get(lower)]
+        mine = keep or mine
+        if lower == "backbone" or not keep:
+            break
+    if mine:
+        _select(chosen["run"] if level == "run" else review.default_run(mine))
 
 
 def run_picker(all_records: list[dict]) -> str | None:
-    """Dataset, task, backbone, run; the latest completed run by default; the choice lives in ?run=."""
+    """Dataset, task, backbone, run; the latest completed run by default; the choice lives in ?run=.
+
+    The selection is kept in one session key (widget state alone does not
+    survive every page change); a ?run= link that differs from the last one
+    written wins, so a pasted link reproduces the view.
+    """
     st.sidebar.subheader("Run")
     if not all_records:
         st.sidebar.info("No runs in this workspace yet.")
         return None
     wanted = st.query_params.get("run")
-    if wanted and wanted != st.session_state.get("_applied_link"):
-        st.session_state["_applied_link"] = wanted
-        record = review.find_record(all_records, wanted)
-        if record is None:
-            st.sidebar.warning(f"Run {wanted} from the link is not in this workspace; showing another run.")
+    if wanted and wanted != st.session_state.get(LINK_SEEN):
+        st.session_state[LINK_SEEN] = wanted
+        if review.find_record(all_records, wanted):
+            _select(wanted)
         else:
-            st.session_state.update(pick_dataset=record["dataset"], pick_task=record["task"],
-                                    pick_backbone=record["backbone"], pick_run=record["run_id"])
-    fallback = review.find_record(all_records, st.session_state.get("pick_run")) or \
-        review.find_record(all_records, review.default_run(all_records))
+            st.sidebar.warning(f"Run {wanted} from the link is not in this workspace; showing another run.")
+    selection = st.session_state.get(SELECTION) or {}
+    if review.find_record(all_records, selection.get("run")) is None:
+        _select(review.default_run(all_records))
+    selection = st.session_state[SELECTION]
+    labels = {r["run_id"]: review.run_label(r) for r in all_records}
+    formats = {"task": review.task_label, "run": lambda r: labels.get(r, r)}
     with st.sidebar:
-        chosen_dataset = _pick("Dataset", "pick_dataset", review.picker_options(all_records), fallback["dataset"])
-        mine = [r for r in all_records if r["dataset"] == chosen_dataset]
-        default = review.find_record(mine, review.default_run(mine))
-        chosen_task = _pick("Task", "pick_task", review.picker_options(all_records, chosen_dataset),
-                            default["task"], format_func=review.task_label)
-        mine = [r for r in mine if r["task"] == chosen_task]
-        default = review.find_record(mine, review.default_run(mine))
-        chosen_backbone = _pick("Backbone", "pick_backbone",
-                                review.picker_options(all_records, chosen_dataset, chosen_task), default["backbone"])
-        mine = [r for r in mine if r["backbone"] == chosen_backbone]
-        labels = {r["run_id"]: review.run_label(r) for r in mine}
-        run_id = _pick("Run", "pick_run", review.picker_options(all_records, chosen_dataset, chosen_task,
-                                                                chosen_backbone),
-                       review.default_run(mine), format_func=lambda r: labels.get(r, r))
-    st.session_state["_applied_link"] = run_id
+        for index, level in enumerate(LEVELS):
+            options = review.picker_options(all_records, *[selection[lv] for lv in LEVELS[:index]])
+            st.session_state[f"pick_{level}"] = selection[level]
+            st.selectbox(level.capitalize(), options, key=f"pick_{level}", on_change=_on_pick, args=(level,),
+                         **({"format_func": formats[level]} if level in formats else {}))
+    run_id = selection["run"]
+    st.session_state[LINK_SEEN] = run_id
     st.query_params["run"] = run_id
     st.session_state[RUN_KEY] = run_id
     return run_id
@@ -143,7 +164,7 @@ def retrain_panel(all_records: list[dict]) -> None:
         st.sidebar.caption("Import a dataset (python -m ddsm_core import ...) or build the demo to train.")
         return
     picked = current()
-    with st.sidebar.form("retrain"):
+    with st.sidebar.expander("New training run", expanded=False), st.form("retrain", border=False):
         dataset_name = st.selectbox("Dataset", datasets, key="rt_dataset",
                                     index=datasets.index(picked["dataset"]) if picked and picked["dataset"] in datasets else 0)
         task_ids = list(TASKS)
@@ -166,7 +187,7 @@ def retrain_panel(all_records: list[dict]) -> None:
         try:
             if weights == "path" and not chosen_weights:
                 raise UserError("choose a weights file path, or pick weights none or imagenet")
-            run_id = review.submit(here, RunConfig(dataset=dataset_name, task=int(task), backbone=backbone,
+            run_id = jobs.submit(here, RunConfig(dataset=dataset_name, task=int(task), backbone=backbone,
                                                    epochs=int(epochs), image_size=int(image_size), lr=float(lr),
                                                    weights=chosen_weights, fine_tune=fine_tune,
                                                    augment=bool(augment)))
@@ -239,7 +260,7 @@ def demo_offer() -> None:
             "trained, evaluated models) to explore the dashboard, or train a run from the sidebar once a dataset "
             "is imported (python -m ddsm_core import ...).")
     progress = review.demo_progress(here)
-    if progress is None or progress.get("state") in ("failed",):
+    if progress is None or progress.get("state") in ("failed", "completed"):  # completed yet empty: offer again
         if progress and progress.get("state") == "failed":
             st.error(f"The demo failed: {progress.get('message')}")
         if st.button("Build the demo workspace", type="primary", key="start_demo"):
@@ -364,8 +385,9 @@ def patch_grid(results_, rows, window: float, level: float, width: int, columns:
         st.caption("No patches.")
         return
     columns = max(1, min(columns, 1200 // max(width, 1)))
-    slots = st.columns(columns)
     for position, (_, row) in enumerate(rows.iterrows()):
+        if position % columns == 0:
+            slots = st.columns(columns)  # one row of tiles at a time: reading order is row by row
         with slots[position % columns]:
             patch = review.load_patch(row["path"], window, level)
             if patch.image is None:

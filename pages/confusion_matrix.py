@@ -17,8 +17,8 @@ results = shared.require_results(record, split_key="cm_split")
 names = results.class_names
 st.caption(f"Run {record['run_id']}, task {review.task_label(record['task'])}, {results.split} split, "
            f"{len(results)} patches. Rows: true class; columns: predicted class.")
-for note in results.notes:
-    st.info(note)
+if results.notes:
+    st.info("\n".join(f"- {note}" for note in results.notes))
 
 raw = st.toggle("Raw counts", key="cm_raw", help="off: each row sums to 100% (with the count in brackets)")
 cells = results.confusion_cells()

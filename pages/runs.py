@@ -43,9 +43,9 @@ if stacked.empty:
 left, right = st.columns(2)
 for column, metric in ((left, "accuracy"), (right, "loss")):
     long = stacked.melt(id_vars=["run_id", "epoch"], value_vars=[c for c in (metric, f"val_{metric}") if c in stacked],
-                        var_name="subset", value_name=metric)
+                        var_name="subset", value_name="value")
     long["subset"] = long["subset"].map({metric: "train", f"val_{metric}": "validation"})
-    figure = px.line(long, x="epoch", y=metric, color="run_id", line_dash="subset", markers=True,
-                     title=f"{metric} per epoch (solid train, dashed validation)")
+    figure = px.line(long, x="epoch", y="value", color="run_id", line_dash="subset", markers=True,
+                     labels={"value": metric}, title=f"{metric} per epoch (solid train, dashed validation)")
     figure.update_layout(legend=dict(orientation="h", y=-0.25), height=420)
     column.plotly_chart(figure, key=f"runs_overlay_{metric}")

@@ -25,7 +25,8 @@ def trained_workspace(tmp_path_factory) -> TrainedWorkspace:
     from ddsm_core.config import RunConfig
     from ddsm_core.data import synth
     from ddsm_core.data.seed_csv import import_seed_csv
-    from ddsm_core.training import create_run, train_and_evaluate
+    from ddsm_core.jobs import create_run
+    from ddsm_core.training import train_and_evaluate
 
     base = tmp_path_factory.mktemp("review")
     src, root = base / "src", base / "workspace"

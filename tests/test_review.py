@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ddsm_core import review, runs, workspace
+from ddsm_core import jobs, review, runs, workspace
 from ddsm_core.config import RunConfig
 from ddsm_core.data import store
 from ddsm_core.errors import UserError
@@ -231,11 +231,11 @@ def test_compare_metrics_and_histories(trained_workspace):
 def test_submit_refuses_bad_settings_without_creating_a_run(workspace_copy):
     before = runs.list_ids(workspace_copy.root)
     with pytest.raises(UserError) as caught:
-        review.submit(workspace_copy.root, RunConfig(dataset="synth", task=0, backbone="small_cnn", lr=1.5, epochs=0))
+        jobs.submit(workspace_copy.root, RunConfig(dataset="synth", task=0, backbone="small_cnn", lr=1.5, epochs=0))
     problems = caught.value.problems
     assert any("learning rate 1.5" in p for p in problems) and any("epochs" in p for p in problems)
     with pytest.raises(UserError, match="no dataset named"):
-        review.submit(workspace_copy.root, RunConfig(dataset="nope", task=0, backbone="small_cnn"))
+        jobs.submit(workspace_copy.root, RunConfig(dataset="nope", task=0, backbone="small_cnn"))
     assert runs.list_ids(workspace_copy.root) == before
 
 

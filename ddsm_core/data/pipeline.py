@@ -40,8 +40,13 @@ def _augmenter(seed: int):
 
 
 def make_dataset(paths, targets, size: int, batch_size: int, shuffle: bool = False,
-                 augment: bool = False, cache: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """Batches of (patches, targets). Order is kept unless shuffle (predictions line up with paths)."""
+                 augment: bool = False, cache: bool = False, seed: int = 0,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of (patches, targets). Order is kept unless shuffle (predictions line up with paths).
+
+    drop_remainder: distributed training splits each batch across replicas, and
+    a last partial batch can leave a replica with nothing to normalise.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(map(int, targets))))
     dataset = dataset.map(lambda p, t: (decode_patch(p, size), t), num_parallel_calls=AUTOTUNE,
                           deterministic=True)
@@ -49,7 +54,7 @@ def make_dataset(paths, targets, size: int, batch_size: int, shuffle: bool = Fal
         dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment:
         dataset = dataset.map(_augmenter(seed), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

@@ -1,0 +1,320 @@
+"""End to end: the real dashboard (`streamlit run streamlit_app.py`) in a real headless Chromium (Playwright).
+
+One server per module on a private copy of the trained workspace (conftest's
+`trained_workspace`: two evaluated small_cnn runs on a small synthetic set):
+every page renders without an exception and is screenshotted to
+test-output/screenshots/<page>.png, a confusion-matrix cell picked by a real
+click on the chart opens exactly its patches, and a retrain started from the
+sidebar shows its progress and finishes. A second, fresh server checks the
+first visit to a non-default page URL (see test_first_visit_...).
+
+Slow (about a minute): `pytest -m slow tests/test_e2e.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from support import PROJECT
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+SCREENSHOTS = PROJECT / "test-output" / "screenshots"
+# url path (streamlit_app.py) -> the page's st.title
+PAGES = {"runs": "Runs", "curves": "Training curves", "confusion": "Confusion matrix",
+         "certainty": "Certainty", "gallery": "Gallery", "data": "Data"}
+APP_TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+
+
+# ---------------------------------------------------------------- the server and the browser
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m streamlit run streamlit_app.py` on a free port, on a given workspace."""
+
+    def __init__(self, workspace: Path, log: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"DDSM_WORKSPACE": str(workspace), "PYTHONPATH": str(PROJECT),
+                            "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.log = open(log, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
+             "--server.port", str(self.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=PROJECT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the streamlit server exited with {self.process.returncode}: "
+                                     f"{Path(self.log.name).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise AssertionError(f"the streamlit server did not answer /_stcore/health within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def e2e_workspace(trained_workspace, tmp_path_factory):
+    """A private copy of the trained workspace (the retrain adds a run to it)."""
+    root = tmp_path_factory.mktemp("e2e") / "workspace"
+    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns(".lock", ".dispatch.lock"))
+    return replace(trained_workspace, root=root)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(e2e_workspace, tmp_path_factory):
+    running = Server(e2e_workspace.root, tmp_path_factory.mktemp("e2e-log") / "streamlit.log")
+    yield running
+    running.stop()
+    _stop_jobs(e2e_workspace.root)
+
+
+def _stop_jobs(root: Path, timeout: float = 60) -> None:
+    """Cancel every training job still running or queued in the workspace and wait for its process to end."""
+    from ddsm_core import jobs, runs
+    from ddsm_core.errors import UserError
+
+    for run_id in jobs.queued_ids(root) + jobs.running_ids(root):
+        try:
+            jobs.cancel(root, run_id)
+        except UserError:
+            pass
+    deadline = time.monotonic() + timeout
+    while jobs.running_ids(root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for run_id in jobs.running_ids(root):  # did not stop on SIGTERM: do not leave it behind
+        pid = runs.read_status(root, run_id).get("pid")
+        if pid:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(APP_TIMEOUT_MS)
+    yield tab
+    context.close()
+
+
+# ---------------------------------------------------------------- waiting and checking
+
+def wait_for_app(page, title: str | None = None, settle: float = 0.5) -> None:
+    """Wait until the script run is over: the title (when given) is visible and the 'Running' widget has gone
+    (it must stay gone for `settle` seconds, as a fragment may start right after the main run)."""
+    if title:
+        page.get_by_role("heading", name=title, exact=True).first.wait_for(state="visible")
+    status = page.locator('[data-testid="stStatusWidget"]')
+    deadline = time.monotonic() + APP_TIMEOUT_MS / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        running = status.count() > 0 and "Running" in (status.first.inner_text() or "")
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the app was still running after {APP_TIMEOUT_MS / 1000:.0f} s on {page.url}")
+
+
+def assert_healthy(page, where: str) -> None:
+    """No exception box, no 'Page not found' dialog, no error alert on the page."""
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{where}: exception shown: {exceptions.first.inner_text()[:1500]}"
+    body = page.inner_text("body")
+    assert "Page not found" not in body, f"{where}: 'Page not found' shown"
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, f"{where}: error alert: {errors.first.inner_text()[:500]}"
+
+
+def sidebar_nav_entries(page) -> list[str]:
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    if nav.count() == 0:
+        return []
+    return [text.strip() for text in nav.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def confusion_counts(root: Path, run_id: str) -> tuple[list[str], list[list[int]]]:
+    from ddsm_core.tasks import get_task
+
+    metrics = json.loads((root / "runs" / run_id / "metrics" / "test.json").read_text())
+    config = json.loads((root / "runs" / run_id / "config.json").read_text())
+    return list(get_task(config["task"]).class_names), metrics["confusion_matrix"]
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, page, tmp_path):
+    """The first browser visit after a server start, straight to /curves: that page, its own navigation,
+    no 'Page not found' and no 'shared' entry from Streamlit's automatic pages/ list.
+
+    Streamlit decides once per process, when the first session opens, whether
+    the app uses the legacy pages/ folder (PagesManager.uses_pages_directory);
+    only st.navigation turns that off, so the very first script run goes
+    through the legacy page list.
+    """
+    fresh = Server(trained_workspace.root, tmp_path / "streamlit.log")
+    try:
+        seen_nav, not_found = set(), False
+        page.goto(f"{fresh.url}/curves")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # watch the whole first run, not only its end
+            seen_nav.update(sidebar_nav_entries(page))
+            not_found = not_found or page.get_by_text("Page not found").count() > 0
+            if page.get_by_role("heading", name="Training curves", exact=True).count():
+                break
+            time.sleep(0.1)
+        wait_for_app(page, "Training curves")
+        seen_nav.update(sidebar_nav_entries(page))
+        not_found = not_found or page.get_by_text("Page not found").count() > 0
+        screenshot(page, "first_visit_curves")
+        assert not not_found, "the first visit to /curves showed 'Page not found'"
+        assert "shared" not in {entry.lower() for entry in seen_nav}, f"automatic page list shown: {seen_nav}"
+        assert urllib.parse.urlparse(page.url).path == "/curves"
+        assert sidebar_nav_entries(page) == list(PAGES.values())
+        assert_healthy(page, "first visit /curves")
+    finally:
+        fresh.stop()
+
+
+def test_every_page_renders_without_errors(server, e2e_workspace, page):
+    run_t0 = e2e_workspace.run_t0
+    for path, title in PAGES.items():
+        page.goto(f"{server.url}/{path}?run={run_t0}")
+        wait_for_app(page, title)
+        assert_healthy(page, f"/{path}")
+        assert sidebar_nav_entries(page) == list(PAGES.values()), f"/{path}: sidebar navigation"
+        assert page.get_by_text(f"Workspace: {e2e_workspace.root}").count() == 1
+        screenshot(page, path)
+    # the content each page is about, beyond its title
+    page.goto(f"{server.url}/runs?run={run_t0}")
+    wait_for_app(page, "Runs")
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+    page.goto(f"{server.url}/curves?run={run_t0}")
+    wait_for_app(page, "Training curves")
+    assert page.get_by_text(f"Run {run_t0}: 2 epoch(s)").count() == 1
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 2
+
+
+def test_clicking_a_confusion_cell_opens_its_patches(server, e2e_workspace, page):
+    root, run_t0 = e2e_workspace.root, e2e_workspace.run_t0
+    names, counts = confusion_counts(root, run_t0)
+    k = len(names)
+    page.goto(f"{server.url}/confusion?run={run_t0}")
+    wait_for_app(page, "Confusion matrix")
+    heading = page.locator("h3").filter(has_text=re.compile(r"^True .+, predicted .+: \d+ patch\(es\)"))
+    before = heading.first.inner_text()
+    # a cell that is not the one shown by default (the worst off-diagonal cell): the largest diagonal cell
+    i = max(range(k), key=lambda c: counts[c][c])
+    j = i
+    assert f"True {names[i]}, predicted {names[j]}:" not in before, "pick a cell other than the default"
+    points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace .points path.point')
+    assert points.count() == k * k
+    points.nth(i * k + j).click(force=True)  # cells are drawn row by row: true i, predicted j
+    expected = f"True {names[i]}, predicted {names[j]}: {counts[i][j]} patch(es), most confident first"
+    page.get_by_role("heading", name=expected, exact=True).wait_for(state="visible")
+    wait_for_app(page, "Confusion matrix")
+    assert_healthy(page, "/confusion after the click")
+    assert page.locator('[data-testid="stSelectbox"]').filter(has_text="True class").inner_text().endswith(names[i])
+    images = page.locator('[data-testid="stImage"]')
+    assert images.count() == min(counts[i][j], 15)  # the first page of 15 tiles
+    screenshot(page, "confusion_cell")
+
+
+def test_retrain_from_the_sidebar_shows_progress_and_finishes(server, e2e_workspace, page):
+    from ddsm_core import jobs, runs
+
+    root = e2e_workspace.root
+    before = set(runs.list_ids(root))
+    page.goto(f"{server.url}/curves?run={e2e_workspace.run_t0}")
+    wait_for_app(page, "Training curves")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("New training run").click()
+    for label, value in (("Epochs", "1"), ("Image size (pixels)", "32")):
+        box = sidebar.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    sidebar.get_by_role("button", name="Start").click()
+    started = sidebar.get_by_text(re.compile(r"^Started run \S+\.$"))
+    started.wait_for(state="visible")
+    run_id = started.inner_text().removeprefix("Started run ").removesuffix(".")
+    assert set(runs.list_ids(root)) - before == {run_id}
+    config = runs.read_config(root, run_id)
+    assert (config["epochs"], config["image_size"]) == (1, 32)
+    # the job panel (a fragment polling every 2 s) shows the new run with a progress bar and its state
+    sidebar.get_by_text(f"Job {run_id}").wait_for(state="visible")
+    progress = sidebar.locator('[data-testid="stProgress"]')
+    progress.first.wait_for(state="visible")
+    assert re.search(r"(queued|running|completed): epoch \d/1", progress.first.inner_text())
+    try:
+        sidebar.get_by_text(re.compile(rf"Run {re.escape(run_id)} completed and evaluated")).wait_for(
+            state="visible", timeout=120_000)
+    finally:
+        if runs.effective_state(root, run_id) in ("running", "queued"):
+            jobs.cancel(root, run_id)
+    wait_for_app(page)
+    assert runs.effective_state(root, run_id) == "completed"
+    assert (root / "runs" / run_id / "metrics" / "test.json").exists()
+    assert_healthy(page, "after the retrain")
+    screenshot(page, "retrain_done")

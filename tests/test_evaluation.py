@@ -1,0 +1,160 @@
+"""Evaluation: stored predictions and metrics equal scikit-learn's, no repeated inference, one input for
+grayscale and RGB files, and mixed-precision agreement."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn import metrics as skm
+
+from ddsm_core import runs, workspace
+from ddsm_core.errors import UserError
+from ddsm_core.evaluation import evaluate_run, probability_columns
+from ddsm_core.tasks import get_task
+from support import cli, errors
+
+pytestmark = pytest.mark.slow
+
+
+def stored(root, run_id, split="test"):
+    folder = runs.folder(root, run_id)
+    frame = pd.read_parquet(folder / "predictions" / f"{split}.parquet")
+    return frame, workspace.read_json(folder / "metrics" / f"{split}.json")
+
+
+def probabilities(frame, task_id):
+    return frame[probability_columns(get_task(task_id))].to_numpy()
+
+
+@pytest.mark.parametrize("which", ["run_t0", "run_t5"])
+def test_metrics_equal_scikit_learn_on_the_stored_predictions(trained_workspace, which):
+    root, run_id = trained_workspace.root, getattr(trained_workspace, which)
+    task_id = runs.read_config(root, run_id)["task"]
+    frame, result = stored(root, run_id)
+    y, probs = frame["y_true"].to_numpy(), probabilities(frame, task_id)
+    k = probs.shape[1]
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (frame["y_pred"] == probs.argmax(axis=1)).all() and (frame["confidence"] == probs.max(axis=1)).all()
+    y_pred = frame["y_pred"].to_numpy()
+    cm = skm.confusion_matrix(y, y_pred, labels=range(k))
+    assert result["confusion_matrix"] == cm.tolist()
+    normalized = np.array(result["confusion_matrix_normalized"])
+    assert np.allclose(normalized.sum(axis=1)[cm.sum(axis=1) > 0], 1, atol=1e-12)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, y_pred), abs=1e-9)
+    assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, y_pred), abs=1e-9)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, y_pred, labels=range(k), zero_division=0)
+    for i, row in enumerate(result["per_class"]):
+        assert row["class"] == get_task(task_id).class_names[i]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i]), abs=1e-9)
+    if k == 2:
+        assert result["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs[:, 1]), abs=1e-9)
+        assert result["pr_auc"] == pytest.approx(skm.average_precision_score(y, probs[:, 1]), abs=1e-9)
+        assert result["sensitivity"] == pytest.approx(cm[1, 1] / cm[1].sum(), abs=1e-9)
+        assert result["specificity"] == pytest.approx(cm[0, 0] / cm[0].sum(), abs=1e-9)
+    else:
+        assert result["roc_auc"] == pytest.approx(
+            skm.roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(k)), abs=1e-9)
+        assert result["sensitivity"] is None
+    low, high = result["bootstrap"]["accuracy"]
+    assert low <= result["accuracy"] <= high
+    assert 0 <= result["ece"] <= 1 and len(result["reliability"]) == 10
+    assert json.dumps(result, allow_nan=False)
+
+
+def test_second_evaluation_of_the_same_checkpoint_does_no_inference(workspace_copy, monkeypatch):
+    import ddsm_core.evaluation as evaluation
+
+    root, run_id = workspace_copy.root, workspace_copy.run_t0
+    parquet = runs.folder(root, run_id) / "predictions" / "test.parquet"
+    before = parquet.stat().st_mtime_ns
+    monkeypatch.setattr(evaluation, "predict", lambda *a, **k: pytest.fail("inference ran again"))
+    result = cli("evaluate", "--workspace", root, "--run", run_id, check=True)
+    assert "already belong to this best checkpoint; nothing to do" in result.stdout
+    assert evaluate_run(root, run_id, log=lambda _: None).skipped
+    assert parquet.stat().st_mtime_ns == before
+
+
+def test_a_changed_checkpoint_is_evaluated_again(workspace_copy):
+    import keras
+
+    from ddsm_core.models import custom_objects
+
+    root, run_id = workspace_copy.root, workspace_copy.run_t0
+    best = runs.folder(root, run_id) / "best.keras"
+    model = keras.models.load_model(best, custom_objects=custom_objects())
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(best)
+    _, old = stored(root, run_id)
+    evaluation = evaluate_run(root, run_id, log=lambda _: None)
+    assert not evaluation.skipped
+    assert evaluation.metrics["checkpoint_sha256"] != old["checkpoint_sha256"]
+
+
+def test_validation_split_and_final_checkpoint(workspace_copy):
+    root, run_id = workspace_copy.root, workspace_copy.run_t0
+    evaluation = evaluate_run(root, run_id, split="val", checkpoint="final", log=lambda _: None)
+    split = pd.read_parquet(runs.folder(root, run_id) / "split.parquet")
+    assert len(evaluation.predictions) == (split["subset"] == "val").sum()
+    assert evaluation.metrics["checkpoint"] == "final"
+    assert (runs.folder(root, run_id) / "metrics" / "val.json").is_file()
+
+
+def test_moved_image_files_are_named(workspace_copy, tmp_path):
+    root, run_id = workspace_copy.root, workspace_copy.run_t5
+    config = runs.read_config(root, run_id)
+    manifest_path = workspace.dataset_dir(root, config["dataset"]) / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_path)
+    manifest["path"] = manifest["path"].str.replace("test_images", "moved_away", regex=False)
+    manifest.to_parquet(manifest_path)
+    (runs.folder(root, run_id) / "metrics" / "test.json").unlink()
+    result = cli("evaluate", "--workspace", root, "--run", run_id)
+    assert result.returncode == 1
+    assert "image file(s) of dataset 'synth' are missing (moved or deleted?)" in errors(result)[0]
+
+
+def test_grayscale_and_rgb_files_give_identical_model_input(trained_workspace, tmp_path):
+    """The seed suspected RGB conversion of wrecking test accuracy: here both files give one tensor."""
+    from ddsm_core.data.pipeline import decode_patch
+    from ddsm_core.evaluation import load_for_inference, predict
+    from ddsm_core.config import RunConfig
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(80, 80), dtype=np.uint8)
+    Image.fromarray(gray, mode="L").save(tmp_path / "gray.png")
+    Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB").save(tmp_path / "rgb.png")
+    for size in (None, 32, 64):
+        one = decode_patch(str(tmp_path / "gray.png"), size).numpy()
+        three = decode_patch(str(tmp_path / "rgb.png"), size).numpy()
+        assert one.shape[-1] == 1 and np.array_equal(one, three)
+    assert np.array_equal(decode_patch(str(tmp_path / "gray.png"), None).numpy()[..., 0], gray)
+    root, run_id = trained_workspace.root, trained_workspace.run_t0
+    config = RunConfig.from_dict(runs.read_config(root, run_id))
+    model = load_for_inference(runs.folder(root, run_id) / "best.keras", config, "float32", False)
+    probs = predict(model, [str(tmp_path / "gray.png"), str(tmp_path / "rgb.png")], config.image_size, 2)
+    assert np.array_equal(probs[0], probs[1])
+
+
+def test_mixed_precision_and_xla_agree_with_float32(trained_workspace):
+    from ddsm_core.config import RunConfig
+    from ddsm_core.evaluation import load_for_inference, predict, split_rows
+
+    root, run_id = trained_workspace.root, trained_workspace.run_t0
+    config = RunConfig.from_dict(runs.read_config(root, run_id))
+    dataset, rows = split_rows(root, run_id, config, "test")
+    paths = dataset.absolute_paths(rows)
+    best = runs.folder(root, run_id) / "best.keras"
+    reference = predict(load_for_inference(best, config, "float32", False), paths, config.image_size, 32)
+    xla = predict(load_for_inference(best, config, "float32", True), paths, config.image_size, 32)
+    bf16 = predict(load_for_inference(best, config, "mixed_bfloat16", False), paths, config.image_size, 32)
+    xla_agree = (xla.argmax(1) == reference.argmax(1)).mean()
+    bf16_agree = (bf16.argmax(1) == reference.argmax(1)).mean()
+    print(f"argmax agreement with float32: XLA {xla_agree:.2%}, mixed_bfloat16 {bf16_agree:.2%} ({len(paths)} patches)")
+    assert xla_agree == 1.0
+    assert bf16_agree >= 0.995
+
+
+def test_unknown_run_refused(trained_workspace):
+    with pytest.raises(UserError, match="no run 'nope'"):
+        evaluate_run(trained_workspace.root, "nope")

@@ -7,10 +7,7 @@ Progress goes to the terminal and to <workspace>/demo.json for the dashboard.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -163,10 +160,4 @@ def start_demo_job(root: Path) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _report(root, lambda _: None, state="running", done=0, total=len(TASKS) + 1, message="starting the demo")
-    with open(root / "demo.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ddsm_core", "demo", "--workspace", str(root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=str(jobs.PROJECT_ROOT), env=os.environ | {"PYTHONPATH": str(jobs.PROJECT_ROOT)},
-        )
-    jobs.reap_later(process)
+    jobs.spawn(["demo", "--workspace", root], root / "demo.log")

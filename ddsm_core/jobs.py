@@ -81,26 +81,25 @@ def dispatch(root: Path) -> list[str]:
     return started
 
 
-def launch(root: Path, run_id: str) -> str:
-    """Start a detached worker process that outlives its launcher."""
-    log = open(runs.folder(root, run_id) / "train.log", "ab")
+def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `python -m ddsm_core ARGS` detached: its own session (it outlives its launcher), output
+    appended to log_path, and reaped in a thread so a long-lived launcher (the dashboard) keeps no zombies."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
                         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddsm_core", "worker", "--run", run_id, "--workspace", str(root)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True, close_fds=True, cwd=str(PROJECT_ROOT),
-    )
-    log.close()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ddsm_core", *map(str, args)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True, close_fds=True, cwd=str(PROJECT_ROOT))
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process
+
+
+def launch(root: Path, run_id: str) -> str:
+    """Start the worker process that trains and evaluates a run."""
+    process = spawn(["worker", "--run", run_id, "--workspace", root], runs.folder(root, run_id) / "train.log")
     # mark it running before the child takes its lock, so a second dispatch counts it
     runs.write_status(root, run_id, state="running", pid=process.pid, step=0, error=None)
-    reap_later(process)
     return run_id
-
-
-def reap_later(process: subprocess.Popen) -> None:
-    """Wait for the child in a thread, so a long-lived launcher (the dashboard) keeps no zombies."""
-    threading.Thread(target=process.wait, daemon=True).start()
 
 
 def work(root: Path, run_id: str) -> None:

@@ -22,10 +22,6 @@ stay numpy/pandas, and launching work starts a separate process.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -448,33 +444,14 @@ def load_patch(path, window: float = 255.0, level: float = 127.5) -> Patch:
 
 # ---------------------------------------------------------------- launching work (separate processes)
 
-def _child_env() -> dict:
-    project = str(jobs.PROJECT_ROOT)
-    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])),
-                         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-
-
 def start_evaluation(root: Path, run_id: str, split: str = "test") -> int:
     """Run `python -m ddsm_core evaluate` as a detached process; returns its pid."""
     runs.require(root, run_id)
     if evaluation_state(root, run_id)["state"] == "running":
         raise UserError(f"run {run_id} is already being evaluated")
     folder = runs.folder(root, run_id)
-    log = open(folder / EVALUATE_LOG, "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ddsm_core", "evaluate", "--run", run_id, "--split", split, "--workspace", str(root)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
-        start_new_session=True, close_fds=True, cwd=str(jobs.PROJECT_ROOT),
-    )
-    log.close()
-    job = {"pid": process.pid, "split": split, "started": runs.now()}
-    workspace.write_json(folder / EVALUATE_JOB, job)
-
-    def reap():  # no zombies in a long-lived app, and the exit code for the view
-        code = process.wait()
-        workspace.write_json(folder / EVALUATE_JOB, job | {"returncode": code, "finished": runs.now()})
-
-    threading.Thread(target=reap, daemon=True).start()
+    process = jobs.spawn(["evaluate", "--run", run_id, "--split", split, "--workspace", root], folder / EVALUATE_LOG)
+    workspace.write_json(folder / EVALUATE_JOB, {"pid": process.pid, "split": split, "started": runs.now()})
     return process.pid
 
 
@@ -484,11 +461,13 @@ def evaluation_state(root: Path, run_id: str) -> dict:
     job = workspace.read_json(folder / EVALUATE_JOB)
     if not job:
         return {"state": "none", "message": ""}
-    if runs.pid_alive(job.get("pid")) and job.get("returncode") is None:
+    if runs.pid_alive(job.get("pid")):
         return {"state": "running", "message": f"evaluating the {job.get('split', 'test')} split since {job['started']}"}
-    if predictions_path(root, run_id, job.get("split", "test")).exists() and not job.get("returncode"):
+    tail = log_tail(folder / EVALUATE_LOG)
+    user_error = any(line.startswith("error: ") for line in tail.splitlines())  # the CLI's own error lines
+    if predictions_path(root, run_id, job.get("split", "test")).exists() and not user_error:
         return {"state": "done", "message": "evaluated"}
-    return {"state": "failed", "message": log_tail(folder / EVALUATE_LOG) or "the evaluation process stopped"}
+    return {"state": "failed", "message": tail or "the evaluation process stopped"}
 
 
 def log_tail(path: Path, lines: int = 3) -> str:

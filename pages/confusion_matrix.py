@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ddsm_core import review
-from pages import _shared as shared
+import pages as shared
 
 st.title("Confusion matrix")
 record = shared.require_run()

@@ -5,7 +5,7 @@ import streamlit as st
 from ddsm_core import review
 from ddsm_core.data import store
 from ddsm_core.tasks import SOURCE_LABELS
-from pages import _shared as shared
+import pages as shared
 
 shared.page_setup()
 st.title("Data")

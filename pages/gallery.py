@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ddsm_core import review
-from pages import _shared as shared
+import pages as shared
 
 st.title("Gallery")
 record = shared.require_run()

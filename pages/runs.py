@@ -3,7 +3,7 @@ import plotly.express as px
 import streamlit as st
 
 from ddsm_core import review
-from pages import _shared as shared
+import pages as shared
 
 shared.page_setup()
 st.title("Runs")

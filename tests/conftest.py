@@ -7,6 +7,21 @@ from pathlib import Path
 
 import pytest
 
+MEASUREMENTS: list[str] = []
+
+
+@pytest.fixture
+def measurement():
+    """Record a number worth reading in the test output (shown at the end of the run, whatever passes)."""
+    return MEASUREMENTS.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
 
 @dataclass(frozen=True)
 class TrainedWorkspace:

@@ -136,7 +136,7 @@ def test_grayscale_and_rgb_files_give_identical_model_input(trained_workspace, t
     assert np.array_equal(probs[0], probs[1])
 
 
-def test_mixed_precision_and_xla_agree_with_float32(trained_workspace):
+def test_mixed_precision_and_xla_agree_with_float32(trained_workspace, measurement):
     from ddsm_core.config import RunConfig
     from ddsm_core.evaluation import load_for_inference, predict, split_rows
 
@@ -150,7 +150,7 @@ def test_mixed_precision_and_xla_agree_with_float32(trained_workspace):
     bf16 = predict(load_for_inference(best, config, "mixed_bfloat16", False), paths, config.image_size, 32)
     xla_agree = (xla.argmax(1) == reference.argmax(1)).mean()
     bf16_agree = (bf16.argmax(1) == reference.argmax(1)).mean()
-    print(f"argmax agreement with float32: XLA {xla_agree:.2%}, mixed_bfloat16 {bf16_agree:.2%} ({len(paths)} patches)")
+    measurement(f"argmax agreement with float32: XLA {xla_agree:.2%}, mixed_bfloat16 {bf16_agree:.2%} ({len(paths)} patches)")
     assert xla_agree == 1.0
     assert bf16_agree >= 0.995
 

@@ -91,7 +91,7 @@ def test_flag_noisy_needs_the_stats_columns():
         noise.flag_noisy(pd.DataFrame({"dark_fraction": [0.2]}))
 
 
-def test_filter_catches_planted_background_and_keeps_clean_normals():
+def test_filter_catches_planted_background_and_keeps_clean_normals(measurement):
     images, table = synth.generate(800, 128, seed=11, split="train")
     normal = table["y"] == 0
     stats = pd.DataFrame([noise.patch_stats(images[i]) for i in np.flatnonzero(normal)], index=table.index[normal])
@@ -101,8 +101,8 @@ def test_filter_catches_planted_background_and_keeps_clean_normals():
 
     removed_planted = flags[planted].mean()
     removed_clean = flags[~planted].mean()
-    print(
-        f"\nnoisy-normal filter: removed {removed_planted:.1%} of planted background patches, "
+    measurement(
+        f"noisy-normal filter: removed {removed_planted:.1%} of planted background patches, "
         f"{removed_clean:.1%} of clean normals "
         f"({planted.sum()} planted, {(~planted).sum()} clean)"
     )

@@ -105,12 +105,12 @@ def test_invalid_settings_refused_before_any_work(root, extra, message):
     assert snapshot(root / "runs") == before
 
 
-def test_imagenet_weights_missing_fail_fast_with_the_file_named(root, tmp_path):
+def test_imagenet_weights_missing_fail_fast_with_the_file_named(root, tmp_path, measurement):
     env = cli_env(HOME=tmp_path, KERAS_HOME=tmp_path / "keras")
     started = time.time()
     result = cli(*train_args(root, "--backbone", "resnet50", "--weights", "imagenet"), env=env, timeout=60)
     elapsed = time.time() - started
-    print(f"--weights imagenet with an empty Keras cache failed in {elapsed:.1f} s")
+    measurement(f"--weights imagenet with an empty Keras cache failed in {elapsed:.1f} s")
     assert result.returncode == 1
     (line,) = errors(result)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in line and str(tmp_path / "keras") in line

@@ -13,14 +13,15 @@ if not all_records:
     st.stop()
 
 table = review.run_table(all_records)
-shown = table[["run_id", "dataset", "task_name", "backbone", "state", "epoch", "epochs", "test_accuracy",
-               "test_balanced_accuracy", "test_roc_auc", "test_ece", "created", "error"]]
+# the headline metrics right after what identifies a run, so they are visible without scrolling
+shown = table[["run_id", "task_name", "backbone", "state", "test_accuracy", "test_balanced_accuracy", "test_roc_auc",
+               "test_ece", "epoch", "epochs", "dataset", "created", "error"]]
 st.caption("Select rows to compare runs side by side. The run shown on the other pages is picked in the sidebar.")
 event = st.dataframe(
     shown, key="runs_table", on_select="rerun", selection_mode="multi-row", hide_index=True,
     width="stretch",
     column_config={"run_id": "run", "task_name": "task", "test_accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
-                   "test_balanced_accuracy": st.column_config.NumberColumn("balanced accuracy", format="%.3f"),
+                   "test_balanced_accuracy": st.column_config.NumberColumn("bal. accuracy", format="%.3f"),
                    "test_roc_auc": st.column_config.NumberColumn("AUC", format="%.3f"),
                    "test_ece": st.column_config.NumberColumn("ECE", format="%.3f"), "error": "status error"},
 )

@@ -151,8 +151,8 @@ def compare_metrics(root: Path, run_ids: list[str], split: str = "test") -> pd.D
     return pd.DataFrame(columns)
 
 
-def _interval_text(entry) -> str | None:
-    interval = entry.get("ci95") if isinstance(entry, dict) else entry
+def _interval_text(interval) -> str | None:
+    """A bootstrap interval [low, high] as text; None when the metric had no interval."""
     if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
         return f"{interval[0]:.3f}-{interval[1]:.3f}"
     return None

@@ -171,12 +171,15 @@ def histories(root: Path, run_ids: list[str]) -> pd.DataFrame:
 
 
 def curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Long frame (epoch, value, subset train|validation) of one metric ('accuracy' or 'loss')."""
-    parts = []
-    for column, subset in ((metric, "train"), (f"val_{metric}", "validation")):
-        if column in frame:
-            parts.append(pd.DataFrame({"epoch": frame["epoch"], "value": frame[column], "subset": subset}))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["epoch", "value", "subset"])
+    """Long frame (epoch, value, subset train|validation, and run_id when stacked) of one metric."""
+    ids = [c for c in ("run_id", "epoch") if c in frame]
+    subsets = {metric: "train", f"val_{metric}": "validation"}
+    present = [c for c in subsets if c in frame]
+    if not present:
+        return pd.DataFrame(columns=[*ids, "subset", "value"])
+    long = frame.melt(id_vars=ids, value_vars=present, var_name="subset", value_name="value")
+    long["subset"] = long["subset"].map(subsets)
+    return long
 
 
 def best_epoch(root: Path, run_id: str) -> int | None:
@@ -362,6 +365,13 @@ class RunResults:
         return pd.DataFrame({"predicted": frame["pred_name"], "outcome": np.where(frame["correct"], "correct", "wrong"),
                              "confidence": frame["confidence"], "filename": frame["filename"]})
 
+    def certainty_summary(self) -> pd.DataFrame:
+        """The stored certainty quantiles: one row per predicted class and outcome (all, correct, wrong)."""
+        rows = [{"predicted": name, "outcome": outcome} | stats
+                for name, groups in (self.metrics.get("certainty") or {}).items()
+                for outcome, stats in groups.items()]
+        return pd.DataFrame(rows, columns=["predicted", "outcome", "count", "min", "q1", "median", "q3", "max"])
+
     def reliability(self) -> pd.DataFrame:
         """The stored reliability bins (lower, upper, count, confidence, accuracy, centre)."""
         bins = pd.DataFrame(self.metrics.get("reliability") or [],
@@ -376,10 +386,6 @@ class RunResults:
     @property
     def notes(self) -> list[str]:
         return list(self.metrics.get("notes") or [])
-
-    def absent_classes(self) -> list[str]:
-        present = set(self.predictions["y_true"])
-        return [name for i, name in enumerate(self.class_names) if i not in present]
 
 
 def short_name(name: str) -> str:

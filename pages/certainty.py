@@ -6,6 +6,8 @@ import streamlit as st
 from ddsm_core import review
 import pages as shared
 
+MAX_POINTS = 3000
+
 st.title("Certainty")
 record = shared.require_run()
 shared.state_banner(record)
@@ -14,15 +16,18 @@ st.caption(f"Run {record['run_id']}, {results.split} split, {len(results)} patch
            "probability of the predicted class.")
 
 frame = results.certainty_frame()
-figure = px.box(frame, x="predicted", y="confidence", color="outcome", points="all", hover_data=["filename"],
+# every point for a readable set; beyond that only outliers, so the browser is not sent 15,000 markers
+points = "all" if len(frame) <= MAX_POINTS else "outliers"
+if points == "outliers":
+    st.caption(f"More than {MAX_POINTS} patches: the boxes show every patch, the points only the outliers.")
+figure = px.box(frame, x="predicted", y="confidence", color="outcome", points=points, hover_data=["filename"],
                 category_orders={"predicted": results.class_names, "outcome": ["correct", "wrong"]},
                 color_discrete_map={"correct": "#2ca02c", "wrong": "#d62728"},
                 title="Confidence per predicted class")
 figure.update_layout(height=480, yaxis_range=[0, 1.02], boxmode="group", legend_title_text="")
 st.plotly_chart(figure, key="certainty_box")
-summary = frame.groupby(["predicted", "outcome"], sort=False)["confidence"].describe()[["count", "mean", "50%", "min", "max"]]
-with st.expander("Summary per predicted class"):
-    st.dataframe(summary.rename(columns={"50%": "median"}).round(3), key="certainty_summary")
+with st.expander("Quantiles per predicted class (stored with the metrics)"):
+    st.dataframe(results.certainty_summary().round(3), hide_index=True, key="certainty_summary")
 
 bins = results.reliability()
 ece = results.ece

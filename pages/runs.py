@@ -43,9 +43,7 @@ if stacked.empty:
     st.stop()
 left, right = st.columns(2)
 for column, metric in ((left, "accuracy"), (right, "loss")):
-    long = stacked.melt(id_vars=["run_id", "epoch"], value_vars=[c for c in (metric, f"val_{metric}") if c in stacked],
-                        var_name="subset", value_name="value")
-    long["subset"] = long["subset"].map({metric: "train", f"val_{metric}": "validation"})
+    long = review.curves(stacked, metric)
     figure = px.line(long, x="epoch", y="value", color="run_id", line_dash="subset", markers=True,
                      labels={"value": metric}, title=f"{metric} per epoch (solid train, dashed validation)")
     figure.update_layout(legend=dict(orientation="h", y=-0.25), height=420)

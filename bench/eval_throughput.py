@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from ddsm_core import synth  # noqa: E402
 from ddsm_core.config import RunConfig  # noqa: E402
-from ddsm_core.data import synth  # noqa: E402
 from ddsm_core.data.images import write_png  # noqa: E402
 from ddsm_core.data.pipeline import make_dataset  # noqa: E402
-from ddsm_core.evaluation import load_for_inference, predict  # noqa: E402
+from ddsm_core.inference import load_for_inference, predict  # noqa: E402
 from ddsm_core.models import build_classifier  # noqa: E402
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
@@ -165,7 +165,7 @@ Measured by `python bench/eval_throughput.py --patches {args.patches} --small-pa
 (`make bench`), all rows in one run on one machine: {machine()}.
 The seed's way is Keras `predict` over the patches at batch size 1, as the notebook's
 `predict_generator(test_generator, n)` with `batch_size_test = 1` did. The evaluator is
-`ddsm_core.evaluation.predict`: the same tf.data decoding, batched, through a frozen graph (weights as
+`ddsm_core.inference.predict`: the same tf.data decoding, batched, through a frozen graph (weights as
 constants, so batch norm folds into the convolutions), rewritten by grappler to bfloat16 for oneDNN when
 asked (`evaluate --precision mixed_bfloat16`), or compiled by XLA (`evaluate --jit`).
 Models have random weights (nothing is downloaded here); speed does not depend on the weights' values,

@@ -17,6 +17,7 @@ image encoding), not the browser's drawing or the websocket transfer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -40,11 +41,9 @@ GALLERY_PATCHES = 40
 
 def machine() -> str:
     cpu = "unknown CPU"
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     try:
         kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
         ram = f"{kib / 1024 ** 2:.0f} GiB RAM"
@@ -58,10 +57,10 @@ def machine() -> str:
 
 def build_workspace(base: Path, n_test: int, n_train: int, log=print) -> tuple[Path, str]:
     """Synthetic seed-csv dataset + one trained, evaluated small_cnn run (task 0); returns (root, run_id)."""
+    from ddsm_core import synth
     from ddsm_core.config import RunConfig
-    from ddsm_core.data import synth
     from ddsm_core.data.seed_csv import import_seed_csv
-    from ddsm_core.jobs import create_run
+    from ddsm_core.runs import create_run
     from ddsm_core.training import train_and_evaluate
 
     src, root = base / "src", base / "workspace"
@@ -138,14 +137,16 @@ def main(argv=None) -> int:
 
         import pandas as pd
 
-        predicted = pd.read_parquet(root / "runs" / run_id / "predictions" / "test.parquet")["y_pred"].nunique()
+        from ddsm_core import runs
+
+        predicted = pd.read_parquet(runs.predictions_file(root, run_id, "test"))["y_pred"].nunique()
         k = max(1, min(10, round((GALLERY_PATCHES - 20) / (2 * predicted))))
 
         def gallery_40(at):  # each predicted class: k highest + k lowest; plus the browser's first 20
             at.slider(key="gallery_k").set_value(k).run()
 
         cases = [
-            ("Runs", "pages/runs.py", None, PAGE_TARGET_S),
+            ("Runs", "streamlit_app.py", None, PAGE_TARGET_S),
             ("Training curves", "pages/training_curves.py", None, PAGE_TARGET_S),
             ("Confusion matrix", "pages/confusion_matrix.py", None, PAGE_TARGET_S),
             ("Certainty", "pages/certainty.py", None, PAGE_TARGET_S),

@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import jobs, runs, workspace
+from . import jobs, runs, synth, workspace
 from .config import RunConfig
-from .data import store, synth
+from .data import store
 from .errors import UserError
 from .tasks import TASKS
 
@@ -50,7 +50,7 @@ def is_complete(root: Path) -> bool:
 def _evaluated(root: Path, task_id: int) -> bool:
     run_id = run_id_for(task_id)
     return (runs.exists(root, run_id) and runs.effective_state(root, run_id) == "completed"
-            and (runs.folder(root, run_id) / "metrics" / "test.json").exists())
+            and runs.metrics_file(root, run_id, "test").exists())
 
 
 def build_dataset(root: Path, n_train: int, n_test: int, log) -> None:
@@ -73,7 +73,7 @@ def _queue_runs(root: Path, image_size: int, epochs: int) -> None:
             config = RunConfig(dataset=DATASET, task=task_id, backbone="small_cnn", epochs=epochs,
                                image_size=image_size, batch_size=32, lr=1e-3, augment=False)
             jobs.submit(root, config, run_id)
-        elif runs.effective_state(root, run_id) in ("cancelled", "failed", "interrupted"):
+        elif runs.effective_state(root, run_id) in runs.RESUMABLE:
             jobs.resume(root, run_id)
         elif runs.effective_state(root, run_id) == "completed" and not _evaluated(root, task_id):
             runs.write_status(root, run_id, state="queued", queued=runs.now())  # the worker evaluates it
@@ -98,7 +98,7 @@ def _wait(root: Path, log) -> None:
     last_done, last_time = -1, 0.0
     while not is_complete(root):
         failed = [run_id_for(t) for t in TASKS if runs.exists(root, run_id_for(t))
-                  and runs.effective_state(root, run_id_for(t)) in ("failed", "cancelled", "interrupted")]
+                  and runs.effective_state(root, run_id_for(t)) in runs.RESUMABLE]
         if failed:
             errors = "; ".join(f"{r}: {runs.read_status(root, r).get('error') or runs.effective_state(root, r)}"
                                for r in failed)
@@ -114,7 +114,7 @@ def _wait(root: Path, log) -> None:
 def summary(root: Path) -> list[dict]:
     rows = []
     for task_id, task in TASKS.items():
-        metrics = workspace.read_json(runs.folder(root, run_id_for(task_id)) / "metrics" / "test.json", default={})
+        metrics = workspace.read_json(runs.metrics_file(root, run_id_for(task_id), "test"), default={})
         rows.append({"task": task_id, "name": task.name, "run_id": run_id_for(task_id),
                      "accuracy": metrics.get("accuracy"), "balanced_accuracy": metrics.get("balanced_accuracy"),
                      "roc_auc": metrics.get("roc_auc")})

@@ -14,9 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from . import runs, workspace
-from .config import RunConfig, check_dataset, check_settings, new_run_id, validate_run_id
-from .data import store
+from . import runs
+from .config import RunConfig
 from .errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -27,30 +26,16 @@ def max_concurrent() -> int:
     return max(1, int(os.environ.get("DDSM_MAX_JOBS", "1")))
 
 
-def create_run(root: Path, config: RunConfig, run_id: str | None = None) -> str:
-    """Check every setting, then create the run folder (queued). Nothing is written on a bad setting."""
-    problems = check_settings(config)
-    if problems:
-        raise UserError(problems)
-    dataset = store.load(root, config.dataset)
-    problems = check_dataset(config, dataset.manifest)
-    if problems:
-        raise UserError(problems)
-    run_id = validate_run_id(run_id) if run_id else new_run_id(config)
-    runs.create(root, run_id, config.to_dict())
-    return run_id
-
-
 def submit(root: Path, config: RunConfig, run_id: str | None = None) -> str:
     """Check and create a run (queued), then start it if a slot is free. Returns the run id."""
-    run_id = create_run(root, config, run_id)
+    run_id = runs.create_run(root, config, run_id)
     dispatch(root)
     return run_id
 
 
 def resume(root: Path, run_id: str) -> str:
     state = runs.effective_state(root, run_id)
-    if state not in ("cancelled", "failed", "interrupted"):
+    if state not in runs.RESUMABLE:
         raise UserError(f"run {run_id} is {state}; only cancelled, failed or interrupted runs can be resumed")
     runs.write_status(root, run_id, state="queued", error=None, pid=None, queued=runs.now())
     dispatch(root)
@@ -70,7 +55,7 @@ def queued_ids(root: Path) -> list[str]:
 
 def dispatch(root: Path) -> list[str]:
     """Start queued runs while fewer than max_concurrent() are running. Returns the ones started."""
-    lock_path = workspace.runs_dir(root) / ".dispatch.lock"
+    lock_path = runs.dispatch_lock_file(root)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     started = []
     with open(lock_path, "a") as lock:
@@ -84,8 +69,7 @@ def dispatch(root: Path) -> list[str]:
 def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     """Start `python -m ddsm_core ARGS` detached: its own session (it outlives its launcher), output
     appended to log_path, and reaped in a thread so a long-lived launcher (the dashboard) keeps no zombies."""
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-                        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "ddsm_core", *map(str, args)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -96,7 +80,7 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
 
 def launch(root: Path, run_id: str) -> str:
     """Start the worker process that trains and evaluates a run."""
-    process = spawn(["worker", "--run", run_id, "--workspace", root], runs.folder(root, run_id) / "train.log")
+    process = spawn(["worker", "--run", run_id, "--workspace", root], runs.train_log(root, run_id))
     # mark it running before the child takes its lock, so a second dispatch counts it
     runs.write_status(root, run_id, state="running", pid=process.pid, step=0, error=None)
     return run_id

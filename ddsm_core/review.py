@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from . import jobs, runs, workspace
-from .config import RunConfig
 from .data import store
 from .data.images import read_gray
 from .errors import UserError
@@ -37,10 +36,6 @@ from .evaluation import probability_columns
 from .tasks import SHORT_NAMES, SOURCE_LABELS, TASKS, Task, get_task
 
 OUTCOMES = ("all", "correct", "wrong")
-HEADLINE = {"test_accuracy": "accuracy", "test_balanced_accuracy": "balanced accuracy",
-            "test_roc_auc": "ROC AUC", "test_ece": "ECE"}
-EVALUATE_JOB = "evaluate.json"
-EVALUATE_LOG = "evaluate.log"
 
 
 # ---------------------------------------------------------------- runs and the picker
@@ -51,15 +46,19 @@ def runs_signature(root: Path) -> tuple:
     if not base.exists():
         return ()
     signature = []
-    for run in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        stamps = []
-        for name in ("config.json", "status.json", "metrics/test.json", "history.csv"):
-            try:
-                stamps.append((run / name).stat().st_mtime_ns)
-            except OSError:
-                stamps.append(0)
-        signature.append((run.name, *stamps))
+    for run_id in sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = (runs.config_file(root, run_id), runs.status_file(root, run_id),
+                 runs.metrics_file(root, run_id, "test"), runs.history_file(root, run_id))
+        signature.append((run_id, *map(_mtime, files)))
     return tuple(signature)
+
+
+def _mtime(path: Path) -> int:
+    """A file's mtime in ns, 0 when absent: a cache key that changes whenever the file is rewritten."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 RUN_COLUMNS = ["run_id", "dataset", "task", "task_name", "backbone", "state", "epoch", "epochs", "created",
@@ -151,6 +150,31 @@ def compare_metrics(root: Path, run_ids: list[str], split: str = "test") -> pd.D
     return pd.DataFrame(columns)
 
 
+def run_details(root: Path, run_id: str) -> pd.DataFrame:
+    """A run's settings as a reviewer reads them (setting, value), decisions explained: the learning rate
+    and precision it chose, the feature cache, the verdicts it trained on, early stopping."""
+    config, status = runs.read_config(root, run_id), runs.read_status(root, run_id)
+    lr = f"{config.get('lr'):g}" + (" (the default for this set-up)" if config.get("lr_default") else "")
+    precision = str(config.get("precision"))
+    if config.get("precision_requested") == "auto":
+        precision += " (auto: chosen for the machine that trained it)"
+    reviews = config.get("reviews_snapshot")
+    rows = {
+        "dataset": config.get("dataset"), "task": task_label(config.get("task")), "backbone": config.get("backbone"),
+        "weights": config.get("weights"), "fine-tune": config.get("fine_tune"),
+        "inputs": "cached backbone features" if config.get("fine_tune") == "head" and config.get("feature_cache", True)
+        else "patches", "epochs": f"{status.get('epoch', 0)} of {config.get('epochs')}"
+        + (" (stopped early)" if status.get("stopped_early") else ""),
+        "learning rate": lr, "precision": precision, "image size": config.get("image_size"),
+        "batch size": config.get("batch_size"), "augmentation": config.get("augment"),
+        "reduce-on-plateau patience": config.get("reduce_lr_patience") or "off",
+        "early-stopping patience": config.get("early_stop_patience") or "off",
+        "verdicts applied": f"{reviews['count']} (as of {reviews['as_of']}, sha256 {reviews['sha256'][:12]})"
+        if reviews else "none", "seed": config.get("seed"),
+    }
+    return pd.DataFrame({"setting": list(rows), "value": [str(value) for value in rows.values()]})
+
+
 def _interval_text(interval) -> str | None:
     """A bootstrap interval [low, high] as text; None when the metric had no interval."""
     if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
@@ -159,7 +183,7 @@ def _interval_text(interval) -> str | None:
 
 
 def history(root: Path, run_id: str) -> pd.DataFrame:
-    """history.csv (epoch, accuracy, loss, val_accuracy, val_loss, lr, seconds); empty before epoch 1."""
+    """One row per finished epoch (epoch, accuracy, loss, val_accuracy, val_loss, lr, seconds); empty before epoch 1."""
     return runs.read_history(root, run_id)
 
 
@@ -189,26 +213,18 @@ def best_epoch(root: Path, run_id: str) -> int | None:
 
 # ---------------------------------------------------------------- one run's predictions on a split
 
-def predictions_path(root: Path, run_id: str, split: str = "test") -> Path:
-    return runs.folder(root, run_id) / "predictions" / f"{split}.parquet"
-
-
 def read_metrics(root: Path, run_id: str, split: str = "test") -> dict | None:
-    return workspace.read_json(runs.folder(root, run_id) / "metrics" / f"{split}.json")
+    return workspace.read_json(runs.metrics_file(root, run_id, split))
 
 
 def available_splits(root: Path, run_id: str) -> list[str]:
-    folder = runs.folder(root, run_id) / "predictions"
-    found = {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
-    return [s for s in ("test", "val", "train") if s in found] + sorted(found - {"test", "val", "train"})
+    found = runs.predicted_splits(root, run_id)
+    return [s for s in runs.SPLITS if s in found] + sorted(found - set(runs.SPLITS))
 
 
 def predictions_stamp(root: Path, run_id: str, split: str = "test") -> int:
     """mtime of the predictions file (0 when absent): a cache key that changes on re-evaluation."""
-    try:
-        return predictions_path(root, run_id, split).stat().st_mtime_ns
-    except OSError:
-        return 0
+    return _mtime(runs.predictions_file(root, run_id, split))
 
 
 @dataclass
@@ -222,8 +238,8 @@ class RunResults:
     metrics: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path, run_id: str, split: str = "test") -> "RunResults | None":
-        path = predictions_path(root, run_id, split)
+    def load(cls, root: Path, run_id: str, split: str = "test") -> RunResults | None:
+        path = runs.predictions_file(root, run_id, split)
         if not path.exists():
             return None
         config = runs.read_config(root, run_id)
@@ -455,23 +471,23 @@ def start_evaluation(root: Path, run_id: str, split: str = "test") -> int:
     runs.require(root, run_id)
     if evaluation_state(root, run_id)["state"] == "running":
         raise UserError(f"run {run_id} is already being evaluated")
-    folder = runs.folder(root, run_id)
-    process = jobs.spawn(["evaluate", "--run", run_id, "--split", split, "--workspace", root], folder / EVALUATE_LOG)
-    workspace.write_json(folder / EVALUATE_JOB, {"pid": process.pid, "split": split, "started": runs.now()})
+    process = jobs.spawn(["evaluate", "--run", run_id, "--split", split, "--workspace", root],
+                         runs.evaluate_log(root, run_id))
+    job = {"pid": process.pid, "split": split, "started": runs.now()}
+    workspace.write_json(runs.evaluate_job_file(root, run_id), job)
     return process.pid
 
 
 def evaluation_state(root: Path, run_id: str) -> dict:
     """{'state': none|running|done|failed, 'message': ...} of the dashboard-started evaluation."""
-    folder = runs.folder(root, run_id)
-    job = workspace.read_json(folder / EVALUATE_JOB)
+    job = workspace.read_json(runs.evaluate_job_file(root, run_id))
     if not job:
         return {"state": "none", "message": ""}
     if runs.pid_alive(job.get("pid")):
         return {"state": "running", "message": f"evaluating the {job.get('split', 'test')} split since {job['started']}"}
-    tail = log_tail(folder / EVALUATE_LOG)
+    tail = log_tail(runs.evaluate_log(root, run_id))
     user_error = any(line.startswith("error: ") for line in tail.splitlines())  # the CLI's own error lines
-    if predictions_path(root, run_id, job.get("split", "test")).exists() and not user_error:
+    if runs.predictions_file(root, run_id, job.get("split", "test")).exists() and not user_error:
         return {"state": "done", "message": "evaluated"}
     return {"state": "failed", "message": tail or "the evaluation process stopped"}
 
@@ -516,16 +532,14 @@ def eta_text(seconds) -> str:
 
 
 def start_demo(root: Path) -> None:
-    from . import demo  # written separately; imported only when asked for
+    from . import demo  # imported when asked for: the views never need the synthetic generator
 
     demo.start_demo_job(root)
 
 
 def demo_progress(root: Path) -> dict | None:
-    try:
-        from . import demo
-    except ImportError:
-        return None
+    from . import demo
+
     return demo.demo_progress(root)
 
 

@@ -19,6 +19,8 @@ SOURCE_LABELS = {
     4: "malignant mass",
 }
 SHORT_NAMES = {0: "N", 1: "BC", 2: "BM", 3: "MC", 4: "MM"}
+CALCIFICATIONS = (1, 3)  # benign, malignant
+MASSES = (2, 4)  # benign, malignant
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,12 @@ def _single(*labels: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 
 TASKS: dict[int, Task] = {
-    0: Task(0, "all five classes (baseline)", _single(0, 1, 2, 3, 4)),
-    1: Task(1, "cleaned normal class", _single(0, 1, 2, 3, 4), drop_noisy_normals=True),
+    0: Task(0, "all five classes (baseline)", _single(*SOURCE_LABELS)),
+    1: Task(1, "cleaned normal class", _single(*SOURCE_LABELS), drop_noisy_normals=True),
     2: Task(2, "abnormality type", _single(1, 2, 3, 4)),
     3: Task(3, "normal vs abnormal", (("normal", (0,)), ("abnormal", (1, 2, 3, 4)))),
-    4: Task(4, "calcification: benign vs malignant", _single(1, 3)),
-    5: Task(5, "mass: benign vs malignant", _single(2, 4)),
+    4: Task(4, "calcification: benign vs malignant", _single(*CALCIFICATIONS)),
+    5: Task(5, "mass: benign vs malignant", _single(*MASSES)),
 }
 
 

@@ -1,11 +1,14 @@
 """The workspace folder and the one way every file in it is written: atomically.
 
 Layout (a contract other tools rely on):
-    <root>/datasets/<name>/dataset.json, manifest.parquet, images/...
-    <root>/runs/<run_id>/config.json, status.json, history.csv, best.keras, ...
+    <root>/datasets/<name>/dataset.json, manifest.parquet, images/...   (see data/store.py)
+    <root>/runs/<run_id>/config.json, status.json, history.csv, best.keras, ...   (see runs.py, their one owner)
+    <root>/features/<cache>/...   cached backbone features for head runs (see features.py)
+    <root>/review.sqlite          radiologists' verdicts on patches (see verdicts.py)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,3 +122,11 @@ def staging_dir(parent: Path, name: str) -> Path:
     """A hidden temp folder beside where `name` will live (same filesystem)."""
     Path(parent).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

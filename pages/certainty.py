@@ -3,15 +3,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from ddsm_core import review
-import pages as shared
+from dashboard import sidebar, states
 
 MAX_POINTS = 3000
 
-st.title("Certainty")
-record = shared.require_run()
-shared.state_banner(record)
-results = shared.require_results(record, split_key="certainty_split")
+sidebar.page("Certainty")
+record = states.require_run()
+states.state_banner(record)
+results = states.require_results(record, split_key="certainty_split")
 st.caption(f"Run {record['run_id']}, {results.split} split, {len(results)} patches. Confidence is the "
            "probability of the predicted class.")
 

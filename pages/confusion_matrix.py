@@ -7,18 +7,24 @@ that works everywhere. Whichever of the three changed last picks the cell.
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import cache, patches, sidebar, states
 from ddsm_core import review
-import pages as shared
 
-st.title("Confusion matrix")
-record = shared.require_run()
-shared.state_banner(record)
-results = shared.require_results(record, split_key="cm_split")
+sidebar.page("Confusion matrix")
+record = states.require_run()
+states.state_banner(record)
+results = states.require_results(record, split_key="cm_split")
 names = results.class_names
 st.caption(f"Run {record['run_id']}, task {review.task_label(record['task'])}, {results.split} split, "
            f"{len(results)} patches. Rows: true class; columns: predicted class.")
 if results.notes:
     st.info("\n".join(f"- {note}" for note in results.notes))
+reviewed = (review.read_metrics(cache.root(), record["run_id"], results.split) or {}).get("reviewed_labels")
+if reviewed:
+    changes = reviewed["changes"]
+    st.info(f"On the radiologists' reviewed labels ({changes['relabeled']} relabeled, {changes['excluded']} "
+            f"excluded: {reviewed['n_patches']} patches) accuracy is {reviewed['accuracy']:.3f} and balanced "
+            f"accuracy {reviewed['balanced_accuracy']:.3f}. The matrix below uses the labels as imported.")
 
 raw = st.toggle("Raw counts", key="cm_raw", help="off: each row sums to 100% (with the count in brackets)")
 cells = results.confusion_cells()
@@ -84,6 +90,6 @@ st.subheader(f"True {true}, predicted {pred}: {len(rows)} patch(es), most confid
 if rows.empty:
     st.info("No patches in this cell.")
     st.stop()
-window, level, width = shared.contrast_controls("cm")
-shown = shared.pager(rows, "cm_page", per_page=15)
-shared.patch_grid(results, shown, window, level, width)
+window, level, width = patches.contrast_controls("cm")
+shown = patches.pager(rows, "cm_page", per_page=15)
+patches.patch_grid(results, shown, window, level, width, key="cm_tiles")

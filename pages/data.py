@@ -1,25 +1,25 @@
-"""Data: class balance per split and task, sample patches, what the noisy-normal filter removed, the import report."""
+"""Data: class balance per split and task, sample patches, what the noisy-normal filter removed, the import report,
+and the data audit (near-duplicates, likely label errors, shortcut probe, metrics per slice; dashboard/audit_view.py)."""
 import plotly.express as px
 import streamlit as st
 
+from dashboard import audit_view, cache, patches, sidebar, states
 from ddsm_core import review
 from ddsm_core.data import store
 from ddsm_core.tasks import SOURCE_LABELS
-import pages as shared
 
-shared.page_setup()
-st.title("Data")
-root = shared.root()
+sidebar.page("Data")
+root = cache.root()
 names = store.list_datasets(root)
 if not names:
-    shared.demo_offer()
+    states.demo_offer()
     st.stop()
-record = shared.current()
+record = sidebar.current()
 preferred = record["dataset"] if record and record["dataset"] in names else names[0]
 if st.session_state.get("data_dataset") not in names:
     st.session_state["data_dataset"] = preferred
 name = st.selectbox("Dataset", names, key="data_dataset")
-dataset = shared.dataset(name)
+dataset = cache.dataset(name)
 report = review.import_report(dataset)
 st.caption(f"{report['n_patches']} patches, {report['format']} format, imported {report['created']}.")
 
@@ -37,13 +37,9 @@ per_class = st.slider("Patches per class", 1, 10, 5, key="data_per_class")
 samples = review.sample_patches(dataset, per_class)
 for label, group in samples.groupby("label", sort=True):
     st.markdown(f"**{SOURCE_LABELS[label]}**")
-    slots = st.columns(per_class)
-    for slot, (_, row) in zip(slots, group.iterrows()):
-        patch = review.load_patch(row["abs_path"])
-        if patch.image is None:
-            slot.warning(patch.problem)
-        else:
-            slot.image(patch.image, caption=f"{row['filename']} ({row['split']})", width=120)
+    for slot, (_, row) in zip(st.columns(per_class), group.iterrows()):
+        with slot:
+            patches.tile(row["abs_path"], f"{row['filename']} ({row['split']})", width=120)
 
 st.subheader("Noisy-normal filter (task 1)")
 noise = review.noise_filter(dataset)
@@ -60,13 +56,9 @@ removed = noise["removed"]
 if not removed.empty:
     st.dataframe(removed.drop(columns=["abs_path"]).round(3), hide_index=True, key="data_noisy", width="stretch")
     st.markdown("Examples of removed patches")
-    slots = st.columns(6)
-    for slot, (_, row) in zip(slots, removed.head(6).iterrows()):
-        patch = review.load_patch(row["abs_path"])
-        if patch.image is None:
-            slot.warning(patch.problem)
-        else:
-            slot.image(patch.image, caption=row["filename"], width=110)
+    for slot, (_, row) in zip(st.columns(6), removed.head(6).iterrows()):
+        with slot:
+            patches.tile(row["abs_path"], row["filename"], width=110)
 
 st.subheader("Import report")
 if report["warnings"]:
@@ -82,3 +74,5 @@ else:
     st.dataframe(skipped, hide_index=True, key="data_skipped", width="stretch")
 with st.expander("Source"):
     st.json(report["source"] or {})
+
+audit_view.section(name, record)

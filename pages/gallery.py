@@ -1,15 +1,15 @@
 """Gallery: the most and least confident patches per predicted class, and a filtered, paged browser."""
 import streamlit as st
 
+from dashboard import patches, sidebar, states
 from ddsm_core import review
-import pages as shared
 
-st.title("Gallery")
-record = shared.require_run()
-shared.state_banner(record)
-results = shared.require_results(record, split_key="gallery_split")
+sidebar.page("Gallery")
+record = states.require_run()
+states.state_banner(record)
+results = states.require_results(record, split_key="gallery_split")
 names = results.class_names
-window, level, width = shared.contrast_controls("gallery")
+window, level, width = patches.contrast_controls("gallery")
 
 extremes_tab, browse_tab = st.tabs(["Most and least confident", "Browse and filter"])
 
@@ -22,9 +22,9 @@ with extremes_tab:
             st.caption(f"No patch was predicted {name}.")
             continue
         st.markdown(f"**{len(highest)} highest confidence**")
-        shared.patch_grid(results, highest, window, level, width, columns=k)
+        patches.patch_grid(results, highest, window, level, width, columns=k, key=f"gallery_high_{name}")
         st.markdown(f"**{len(lowest)} lowest confidence**")
-        shared.patch_grid(results, lowest, window, level, width, columns=k)
+        patches.patch_grid(results, lowest, window, level, width, columns=k, key=f"gallery_low_{name}")
 
 with browse_tab:
     left, middle, right = st.columns(3)
@@ -39,5 +39,5 @@ with browse_tab:
     if rows.empty:
         st.info("No patch matches these filters: widen them.")
     else:
-        shown = shared.pager(rows, "gallery_page", per_page=20)
-        shared.patch_grid(results, shown, window, level, width)
+        shown = patches.pager(rows, "gallery_page", per_page=20)
+        patches.patch_grid(results, shown, window, level, width, key="gallery_browse")

@@ -2,17 +2,17 @@
 import plotly.express as px
 import streamlit as st
 
+from dashboard import cache, sidebar, states
 from ddsm_core import review
-import pages as shared
 
-st.title("Training curves")
-record = shared.require_run()
-root = shared.root()
+sidebar.page("Training curves")
+record = states.require_run()
+root = cache.root()
 
 
 def draw() -> None:
-    fresh = review.find_record(shared.records(), record["run_id"]) or record
-    shared.state_banner(fresh)
+    fresh = review.find_record(cache.records(), record["run_id"]) or record
+    states.state_banner(fresh)
     frame = review.history(root, record["run_id"])
     if frame.empty:
         st.info(f"Run {record['run_id']} has not finished an epoch yet; curves appear after the first one.")

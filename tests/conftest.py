@@ -1,7 +1,6 @@
 """Shared fixtures: a small workspace with real trained runs (built once per session) and copies of it."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,11 +35,12 @@ class TrainedWorkspace:
 
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory) -> TrainedWorkspace:
-    """Synthetic seed-csv dataset "synth" and two trained, evaluated small_cnn runs (a few seconds each)."""
+    """Synthetic seed-csv dataset "synth" and two trained, evaluated small_cnn runs (a few seconds each), in
+    float32 so that their numbers are the same on every machine (precision auto would pick bfloat16 on some)."""
+    from ddsm_core import synth
     from ddsm_core.config import RunConfig
-    from ddsm_core.data import synth
     from ddsm_core.data.seed_csv import import_seed_csv
-    from ddsm_core.jobs import create_run
+    from ddsm_core.runs import create_run
     from ddsm_core.training import train_and_evaluate
 
     base = tmp_path_factory.mktemp("review")
@@ -50,7 +50,7 @@ def trained_workspace(tmp_path_factory) -> TrainedWorkspace:
     run_ids = []
     for task in (0, 5):
         run_id = create_run(root, RunConfig(dataset="synth", task=task, backbone="small_cnn", epochs=2,
-                                            image_size=32, batch_size=32, lr=1e-3))
+                                            image_size=32, batch_size=32, lr=1e-3, precision="float32"))
         train_and_evaluate(root, run_id, log=lambda *_: None)
         run_ids.append(run_id)
     return TrainedWorkspace(root, *run_ids)
@@ -60,6 +60,8 @@ def trained_workspace(tmp_path_factory) -> TrainedWorkspace:
 def workspace_copy(trained_workspace, tmp_path) -> TrainedWorkspace:
     """A private copy of the trained workspace, for tests that change it (predictions keep absolute paths
     into the original dataset folder, which stays untouched)."""
+    from support import copy_workspace
+
     root = tmp_path / "workspace"
-    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns(".lock", ".dispatch.lock"))
+    copy_workspace(trained_workspace.root, root, trained_workspace.run_t0)
     return replace(trained_workspace, root=root)

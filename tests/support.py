@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def cli_env(**extra) -> dict:
-    env = os.environ | {"PYTHONPATH": str(PROJECT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("DDSM_WORKSPACE", None)
     return env | {k: str(v) for k, v in extra.items()}
 
@@ -51,3 +52,11 @@ def seed_csv_args(name: str, source: Path, workspace: Path) -> list[str]:
     return ["import", "seed-csv", "--workspace", workspace, "--name", name,
             "--train-csv", source / "train.csv", "--train-images", source / "train_images",
             "--test-csv", source / "test.csv", "--test-images", source / "test_images"]
+
+
+def copy_workspace(source: Path, target: Path, run_id: str) -> None:
+    """A private copy of a workspace, without the lock files its processes held."""
+    from ddsm_core import runs
+
+    locks = runs.lock_file(source, run_id).name, runs.dispatch_lock_file(source).name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*locks))

@@ -40,9 +40,9 @@ def test_demo_builds_six_evaluated_runs_and_resumes_after_a_kill(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     for task_id in TASKS:
         run_id = demo.run_id_for(task_id)
-        folder = runs.folder(root, run_id)
         assert runs.effective_state(root, run_id) == "completed"
-        assert (folder / "predictions" / "test.parquet").is_file() and (folder / "metrics" / "test.json").is_file()
+        assert runs.predictions_file(root, run_id, "test").is_file()
+        assert runs.metrics_file(root, run_id, "test").is_file()
         assert runs.read_config(root, run_id)["task"] == task_id
     assert runs.read_status(root, demo.run_id_for(0))["finished"] == first_finished, "finished runs are not redone"
     assert "AUC" in result.stdout and all(TASKS[t].name in result.stdout for t in TASKS), "summary table"

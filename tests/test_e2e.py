@@ -12,10 +12,10 @@ Slow (about a minute): `pytest -m slow tests/test_e2e.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PROJECT
+from support import PROJECT, copy_workspace
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -37,10 +37,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 SCREENSHOTS = PROJECT / "test-output" / "screenshots"
-# url path (streamlit_app.py) -> the page's st.title; Runs is the default page, served at "/" (Streamlit gives
-# the default page the root URL whatever its url_path says: /runs answers "Page not found")
+# url path -> the page's title: Runs is streamlit_app.py, served at "/"; the others are pages/<path>.py
 PAGES = {"": "Runs", "training_curves": "Training curves", "confusion_matrix": "Confusion matrix",
-         "certainty": "Certainty", "gallery": "Gallery", "data": "Data"}
+         "certainty": "Certainty", "gallery": "Gallery", "review": "Review", "compare": "Compare", "data": "Data"}
 APP_TIMEOUT_MS = 30_000
 
 if not Path(CHROMIUM).exists():
@@ -61,8 +60,7 @@ class Server:
     def __init__(self, workspace: Path, log: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"DDSM_WORKSPACE": str(workspace), "PYTHONPATH": str(PROJECT),
-                            "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = os.environ | {"DDSM_WORKSPACE": str(workspace), "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
@@ -101,7 +99,7 @@ class Server:
 def e2e_workspace(trained_workspace, tmp_path_factory):
     """A private copy of the trained workspace (the retrain adds a run to it)."""
     root = tmp_path_factory.mktemp("e2e") / "workspace"
-    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns(".lock", ".dispatch.lock"))
+    copy_workspace(trained_workspace.root, root, trained_workspace.run_t0)
     return replace(trained_workspace, root=root)
 
 
@@ -138,20 +136,16 @@ def _stop_jobs(root: Path, timeout: float = 60) -> None:
     from ddsm_core.errors import UserError
 
     for run_id in jobs.queued_ids(root) + jobs.running_ids(root):
-        try:
+        with contextlib.suppress(UserError):
             jobs.cancel(root, run_id)
-        except UserError:
-            pass
     deadline = time.monotonic() + timeout
     while jobs.running_ids(root) and time.monotonic() < deadline:
         time.sleep(0.5)
     for run_id in jobs.running_ids(root):  # did not stop on SIGTERM: do not leave it behind
         pid = runs.read_status(root, run_id).get("pid")
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
 
 
 @pytest.fixture
@@ -196,11 +190,19 @@ def assert_healthy(page, where: str) -> None:
 
 
 def sidebar_nav_entries(page) -> list[str]:
-    nav = page.locator('[data-testid="stSidebarNav"]')
-    if nav.count() == 0:
-        return []
+    """The app's own navigation: the page links at the top of the sidebar, by title."""
+    links = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+    # the sidebar can paint up to a few seconds after the main area's title on a loaded machine
+    page.wait_for_function("n => document.querySelectorAll("
+                           "'[data-testid=\"stSidebar\"] [data-testid=\"stPageLink-NavLink\"]').length >= n",
+                           arg=len(PAGES), timeout=APP_TIMEOUT_MS)
     # each link's text is its material icon's name, then its title: keep the title
-    return [text.strip().splitlines()[-1] for text in nav.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
+    return [text.strip().splitlines()[-1] for text in links.all_inner_texts()]
+
+
+def streamlit_page_list(page) -> list[str]:
+    """Streamlit's automatic page list (named after the files): must never be shown."""
+    return page.locator('[data-testid="stSidebarNav"]').all_inner_texts()
 
 
 def screenshot(page, name: str) -> None:
@@ -219,46 +221,59 @@ def screenshot(page, name: str) -> None:
 
 
 def confusion_counts(root: Path, run_id: str) -> tuple[list[str], list[list[int]]]:
+    from ddsm_core import runs
     from ddsm_core.tasks import get_task
 
-    metrics = json.loads((root / "runs" / run_id / "metrics" / "test.json").read_text())
-    config = json.loads((root / "runs" / run_id / "config.json").read_text())
-    return list(get_task(config["task"]).class_names), metrics["confusion_matrix"]
+    metrics = json.loads(runs.metrics_file(root, run_id, "test").read_text())
+    return list(get_task(runs.read_config(root, run_id)["task"]).class_names), metrics["confusion_matrix"]
 
 
 # ---------------------------------------------------------------- the tests
 
-def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, page, tmp_path):
-    """The first browser visit after a server start, straight to /training_curves: that page, its own navigation,
-    no 'Page not found' and no 'shared' entry from Streamlit's automatic pages/ list.
-
-    Streamlit decides once per process, when the first session opens, whether
-    the app uses the legacy pages/ folder (PagesManager.uses_pages_directory);
-    only st.navigation turns that off, so the very first script run goes
-    through the legacy page list.
-    """
+def test_first_visit_to_a_page_url_on_a_fresh_server(trained_workspace, browser, page, tmp_path):
+    """The first browser visit after a server start, straight to /training_curves, shows that page with the
+    app's own navigation from its first paint: never Streamlit's automatic page list, never 'Page not found'.
+    Then every page URL, each in a new browser session on the same server, opens its own page."""
     fresh = Server(trained_workspace.root, tmp_path / "streamlit.log")
     try:
-        seen_nav, not_found = set(), False
         page.goto(f"{fresh.url}/training_curves")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # watch the whole first run, not only its end
-            seen_nav.update(sidebar_nav_entries(page))
-            not_found = not_found or page.get_by_text("Page not found").count() > 0
-            if page.get_by_role("heading", name="Training curves", exact=True).count():
-                break
-            time.sleep(0.1)
-        wait_for_app(page, "Training curves")
-        seen_nav.update(sidebar_nav_entries(page))
-        not_found = not_found or page.get_by_text("Page not found").count() > 0
+        automatic, not_found = watch_first_run(page, "Training curves")
         screenshot(page, "first_visit_curves")
+        assert not automatic, f"Streamlit's own page list was shown: {automatic}"
         assert not not_found, "the first visit to /training_curves showed 'Page not found'"
-        assert "shared" not in {entry.lower() for entry in seen_nav}, f"automatic page list shown: {seen_nav}"
         assert urllib.parse.urlparse(page.url).path == "/training_curves"
         assert sidebar_nav_entries(page) == list(PAGES.values())
         assert_healthy(page, "first visit /training_curves")
+        for path, title in PAGES.items():
+            context = browser.new_context()
+            try:
+                visit = context.new_page()
+                visit.set_default_timeout(APP_TIMEOUT_MS)
+                visit.goto(f"{fresh.url}/{path}")
+                automatic, not_found = watch_first_run(visit, title)
+                assert not automatic and not not_found, f"/{path}: {automatic or 'Page not found'}"
+                assert urllib.parse.urlparse(visit.url).path == f"/{path}"
+                assert_healthy(visit, f"first visit /{path}")
+            finally:
+                context.close()
     finally:
         fresh.stop()
+
+
+def watch_first_run(page, title: str, timeout: float = 30) -> tuple[list[str], bool]:
+    """Watch a page from its first paint until its title shows: Streamlit's automatic page list (if it ever
+    appeared) and whether 'Page not found' ever appeared."""
+    automatic, not_found = [], False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        automatic += streamlit_page_list(page)
+        not_found = not_found or page.get_by_text("Page not found").count() > 0
+        if page.get_by_role("heading", name=title, exact=True).count():
+            break
+        time.sleep(0.05)
+    wait_for_app(page, title)
+    automatic += streamlit_page_list(page)
+    return automatic, not_found or page.get_by_text("Page not found").count() > 0
 
 
 def test_every_page_renders_without_errors(server, e2e_workspace, page):
@@ -274,8 +289,8 @@ def test_every_page_renders_without_errors(server, e2e_workspace, page):
     page.goto(f"{server.url}/?run={run_t0}")
     wait_for_app(page, "Runs")
     rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
-    page.wait_for_function("n => document.querySelector('[data-testid=\"stDataFrame\"]')"
-                           ".querySelectorAll('[role=\"row\"]').length >= n", arg=1 + len(e2e_workspace.run_ids))
+    page.wait_for_function("n => (document.querySelector('[data-testid=\"stDataFrame\"]')"  # null until it paints
+                           "?.querySelectorAll('[role=\"row\"]').length || 0) >= n", arg=1 + len(e2e_workspace.run_ids))
     assert rows.count() == 1 + len(e2e_workspace.run_ids)  # header + one row per run
     page.goto(f"{server.url}/training_curves?run={run_t0}")
     wait_for_app(page, "Training curves")
@@ -346,10 +361,61 @@ def test_retrain_from_the_sidebar_shows_progress_and_finishes(server, e2e_worksp
             jobs.cancel(root, run_id)
     assert runs.effective_state(root, run_id) == "completed"
     assert runs.read_status(root, run_id)["evaluation"] == "done"
-    assert (root / "runs" / run_id / "metrics" / "test.json").exists()
+    assert runs.metrics_file(root, run_id, "test").exists()
     # the finished run appears in the run picker without a restart
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Confusion matrix").click()
+    sidebar.get_by_role("link", name="Confusion matrix").click()
     wait_for_app(page, "Confusion matrix")
     page.locator('[data-testid="stSidebar"]').get_by_text(run_id).first.wait_for(state="attached")
     assert_healthy(page, "after the retrain")
     screenshot(page, "retrain_done")
+
+
+def test_review_records_verdicts_by_click_and_by_keyboard_shortcut(server, e2e_workspace, page, tmp_path):
+    """On the Review page: the reviewer's name once, a verdict by a real click on Agree, another by pressing
+    4 (relabel to malignant mass); `review export` then holds both, under that name. Then the next patch's
+    Grad-CAM, computed by a background process, appears by itself (the page polls until it is cached)."""
+    import pandas as pd
+
+    from support import cli
+
+    root, run_t0 = e2e_workspace.root, e2e_workspace.run_t0
+    page.goto(f"{server.url}/review?run={run_t0}")
+    wait_for_app(page, "Review")
+    assert_healthy(page, "/review")
+    shown = page.locator('[data-testid="stMain"] h3').first  # the patch's file name heads the detail
+    agree = page.get_by_role("button", name=re.compile(r"^Agree"))
+    assert agree.is_disabled()  # no reviewer yet
+    name = page.locator('[data-testid="stSidebar"]').get_by_label("Reviewer (your name)", exact=True)
+    name.fill("Dr. Playwright")
+    name.press("Enter")
+    page.get_by_text("Recording as Dr. Playwright.").wait_for(state="visible")
+    wait_for_app(page, "Review")
+    first = shown.inner_text().strip()
+    agree.click()  # a real click
+    page.wait_for_function("([selector, before]) => { const h = document.querySelector(selector); "
+                           "return h && h.innerText.trim() !== before; }",
+                           arg=['[data-testid="stMain"] h3', first])
+    wait_for_app(page, "Review")
+    second = shown.inner_text().strip()
+    page.get_by_role("heading", name="Review", exact=True).click()  # focus outside any text field
+    page.keyboard.press("4")  # the shortcut of "relabel to 4, malignant mass"
+    page.wait_for_function("([selector, before]) => { const h = document.querySelector(selector); "
+                           "return h && h.innerText.trim() !== before; }",
+                           arg=['[data-testid="stMain"] h3', second])
+    wait_for_app(page, "Review")
+    assert_healthy(page, "/review after two verdicts")
+    screenshot(page, "review")
+    out = tmp_path / "verdicts.csv"
+    cli("review", "export", "--workspace", root, "--dataset", "synth", "--out", out, check=True)
+    exported = pd.read_csv(out).set_index("filename")
+    assert (exported.loc[first, "verdict"], exported.loc[first, "reviewer"]) == ("agree", "Dr. Playwright")
+    assert (exported.loc[second, "verdict"], exported.loc[second, "new_label"]) == ("relabel", 4)
+    assert exported.loc[second, "reviewer"] == "Dr. Playwright"
+    page.get_by_role("button", name=re.compile(r"Compute Grad-CAM")).click()
+    try:
+        page.get_by_text(re.compile(r"^predicted class: ")).first.wait_for(state="visible", timeout=180_000)
+    except Exception:
+        screenshot(page, "review_gradcam_failed")
+        raise
+    assert page.get_by_text(re.compile(r"^true class: ")).count() == 1
+    assert_healthy(page, "/review with Grad-CAM")

@@ -20,9 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def stored(root, run_id, split="test"):
-    folder = runs.folder(root, run_id)
-    frame = pd.read_parquet(folder / "predictions" / f"{split}.parquet")
-    return frame, workspace.read_json(folder / "metrics" / f"{split}.json")
+    frame = pd.read_parquet(runs.predictions_file(root, run_id, split))
+    return frame, workspace.read_json(runs.metrics_file(root, run_id, split))
 
 
 def probabilities(frame, task_id):
@@ -69,7 +68,7 @@ def test_second_evaluation_of_the_same_checkpoint_does_no_inference(workspace_co
     import ddsm_core.evaluation as evaluation
 
     root, run_id = workspace_copy.root, workspace_copy.run_t0
-    parquet = runs.folder(root, run_id) / "predictions" / "test.parquet"
+    parquet = runs.predictions_file(root, run_id, "test")
     before = parquet.stat().st_mtime_ns
     monkeypatch.setattr(evaluation, "predict", lambda *a, **k: pytest.fail("inference ran again"))
     result = cli("evaluate", "--workspace", root, "--run", run_id, check=True)
@@ -84,7 +83,7 @@ def test_a_changed_checkpoint_is_evaluated_again(workspace_copy):
     from ddsm_core.models import custom_objects
 
     root, run_id = workspace_copy.root, workspace_copy.run_t0
-    best = runs.folder(root, run_id) / "best.keras"
+    best = runs.best_checkpoint(root, run_id)
     model = keras.models.load_model(best, custom_objects=custom_objects())
     model.set_weights([w * 0.5 for w in model.get_weights()])
     model.save(best)
@@ -97,10 +96,10 @@ def test_a_changed_checkpoint_is_evaluated_again(workspace_copy):
 def test_validation_split_and_final_checkpoint(workspace_copy):
     root, run_id = workspace_copy.root, workspace_copy.run_t0
     evaluation = evaluate_run(root, run_id, split="val", checkpoint="final", log=lambda _: None)
-    split = pd.read_parquet(runs.folder(root, run_id) / "split.parquet")
+    split = pd.read_parquet(runs.split_file(root, run_id))
     assert len(evaluation.predictions) == (split["subset"] == "val").sum()
     assert evaluation.metrics["checkpoint"] == "final"
-    assert (runs.folder(root, run_id) / "metrics" / "val.json").is_file()
+    assert runs.metrics_file(root, run_id, "val").is_file()
 
 
 def test_moved_image_files_are_named(workspace_copy, tmp_path):
@@ -110,7 +109,7 @@ def test_moved_image_files_are_named(workspace_copy, tmp_path):
     manifest = pd.read_parquet(manifest_path)
     manifest["path"] = manifest["path"].str.replace("test_images", "moved_away", regex=False)
     manifest.to_parquet(manifest_path)
-    (runs.folder(root, run_id) / "metrics" / "test.json").unlink()
+    runs.metrics_file(root, run_id, "test").unlink()
     result = cli("evaluate", "--workspace", root, "--run", run_id)
     assert result.returncode == 1
     assert "image file(s) of dataset 'synth' are missing (moved or deleted?)" in errors(result)[0]
@@ -118,9 +117,9 @@ def test_moved_image_files_are_named(workspace_copy, tmp_path):
 
 def test_grayscale_and_rgb_files_give_identical_model_input(trained_workspace, tmp_path):
     """The seed suspected RGB conversion of wrecking test accuracy: here both files give one tensor."""
-    from ddsm_core.data.pipeline import decode_patch
-    from ddsm_core.evaluation import load_for_inference, predict
     from ddsm_core.config import RunConfig
+    from ddsm_core.data.pipeline import decode_patch
+    from ddsm_core.inference import load_for_inference, predict
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(80, 80), dtype=np.uint8)
@@ -133,7 +132,7 @@ def test_grayscale_and_rgb_files_give_identical_model_input(trained_workspace, t
     assert np.array_equal(decode_patch(str(tmp_path / "gray.png"), None).numpy()[..., 0], gray)
     root, run_id = trained_workspace.root, trained_workspace.run_t0
     config = RunConfig.from_dict(runs.read_config(root, run_id))
-    model = load_for_inference(runs.folder(root, run_id) / "best.keras", config, "float32", False)
+    model = load_for_inference(runs.best_checkpoint(root, run_id), config, "float32", False)
     probs = predict(model, [str(tmp_path / "gray.png"), str(tmp_path / "rgb.png")], config.image_size, 2)
     assert np.array_equal(probs[0], probs[1])
 
@@ -143,20 +142,20 @@ def confident_run(trained_workspace, tmp_path_factory):
     """A run trained long enough to be confident: an untrained model's near-uniform outputs flip their
     argmax on any rounding, which says nothing about a precision's agreement on a real model."""
     from ddsm_core.config import RunConfig
-    from ddsm_core.jobs import create_run
+    from ddsm_core.runs import create_run
     from ddsm_core.training import train_run
 
     root = tmp_path_factory.mktemp("confident")
     shutil.copytree(trained_workspace.root / "datasets", root / "datasets")
     run_id = create_run(root, RunConfig(dataset="synth", task=0, backbone="small_cnn", epochs=12, image_size=64,
-                                        batch_size=16, lr=1e-3))
+                                        batch_size=16, lr=1e-3, precision="float32"))
     train_run(root, run_id, log=lambda _: None)
     return root, run_id
 
 
 def test_mixed_precision_and_xla_agree_with_float32(confident_run, measurement):
     from ddsm_core.config import RunConfig
-    from ddsm_core.evaluation import load_for_inference, predict, split_rows
+    from ddsm_core.inference import load_for_inference, predict
 
     root, run_id = confident_run
     config = RunConfig.from_dict(runs.read_config(root, run_id))
@@ -164,7 +163,7 @@ def test_mixed_precision_and_xla_agree_with_float32(confident_run, measurement):
     dataset = store.load(root, config.dataset)
     rows = get_task(config.task).select(dataset.manifest)
     paths = dataset.absolute_paths(rows)
-    best = runs.folder(root, run_id) / "best.keras"
+    best = runs.best_checkpoint(root, run_id)
     reference = predict(load_for_inference(best, config, "float32", False), paths, config.image_size, 32)
     xla = predict(load_for_inference(best, config, "float32", True), paths, config.image_size, 32)
     bf16 = predict(load_for_inference(best, config, "mixed_bfloat16", False), paths, config.image_size, 32)

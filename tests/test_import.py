@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ddsm_core.data import store, synth
+from ddsm_core import synth
+from ddsm_core.data import store
 from support import cli, errors, seed_csv_args, snapshot
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ddsm_core.data import noise, synth
+from ddsm_core import synth
+from ddsm_core.data import noise
 from ddsm_core.errors import UserError
 
 
@@ -83,7 +84,8 @@ def test_flag_noisy_thresholds_and_index():
     assert list(noise.flag_noisy(frame, dark_fraction=0.0)) == [True] * 5
 
 
-@pytest.mark.parametrize("kwargs", [{"dark_fraction": -0.1}, {"dark_fraction": 1.5}, {"saturated_block": float("nan")}, {"saturated_block": "high"}])
+@pytest.mark.parametrize("kwargs", [{"dark_fraction": -0.1}, {"dark_fraction": 1.5},
+                                    {"saturated_block": float("nan")}, {"saturated_block": "high"}])
 def test_flag_noisy_rejects_bad_thresholds(kwargs):
     frame = pd.DataFrame({"dark_fraction": [0.2], "saturated_block": [0.0]})
     with pytest.raises(UserError) as info:

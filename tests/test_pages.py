@@ -20,7 +20,7 @@ from ddsm_core.tasks import get_task
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGES = ["pages/runs.py", "pages/training_curves.py", "pages/confusion_matrix.py", "pages/certainty.py",
+PAGES = ["streamlit_app.py", "pages/training_curves.py", "pages/confusion_matrix.py", "pages/certainty.py",
          "pages/gallery.py", "pages/data.py"]
 
 
@@ -119,7 +119,7 @@ def test_unknown_run_in_the_link_is_explained(trained_workspace, monkeypatch):
 
 def test_runs_page_lists_runs_and_compares_selected(trained_workspace, open_app):
     root = trained_workspace.root
-    at = open_app(root, "pages/runs.py")
+    at = open_app(root, "streamlit_app.py")
     table = at.dataframe(key="runs_table").value
     assert set(table["run_id"]) == set(trained_workspace.run_ids)
     for record in runs.list_runs(root):
@@ -296,8 +296,8 @@ def test_empty_workspace_offers_the_demo(tmp_path, open_app, monkeypatch):
 
 def test_run_without_predictions_offers_evaluation_and_runs_it(workspace_copy, open_app):
     root, t0 = workspace_copy.root, workspace_copy.run_t0
-    shutil.rmtree(runs.folder(root, t0) / "predictions")
-    shutil.rmtree(runs.folder(root, t0) / "metrics")
+    shutil.rmtree(runs.predictions_dir(root, t0))
+    shutil.rmtree(runs.metrics_dir(root, t0))
     at = open_app(root, "pages/confusion_matrix.py", run=t0)
     assert any("has not been evaluated" in w for w in texts(at.warning))
     at.button(key=f"evaluate_{t0}").click().run()
@@ -324,7 +324,7 @@ def test_failed_and_cancelled_runs_explain_themselves(workspace_copy, open_app):
 
 def test_running_run_without_history_says_so(workspace_copy, open_app):
     root = workspace_copy.root
-    run_id = jobs.create_run(root, jobs_config(epochs=3))
+    run_id = runs.create_run(root, jobs_config(epochs=3))
     runs.write_status(root, run_id, state="running", pid=__import__("os").getpid(), epoch=0)
     at = open_app(root, "pages/training_curves.py", run=run_id)
     assert any("has not finished an epoch" in i for i in texts(at.info))
@@ -334,7 +334,7 @@ def test_running_run_without_history_says_so(workspace_copy, open_app):
 
 def test_moved_image_files_show_a_message_per_patch(workspace_copy, open_app):
     root, t0 = workspace_copy.root, workspace_copy.run_t0
-    path = runs.folder(root, t0) / "predictions" / "test.parquet"
+    path = runs.predictions_file(root, t0, "test")
     frame = pd.read_parquet(path)
     frame["path"] = [str(Path("/nonexistent/moved") / Path(p).name) for p in frame["path"]]
     workspace.write_parquet(path, frame)
@@ -346,14 +346,13 @@ def test_moved_image_files_show_a_message_per_patch(workspace_copy, open_app):
 
 def test_class_missing_in_test_keeps_every_class(workspace_copy, open_app):
     root, t0 = workspace_copy.root, workspace_copy.run_t0
-    folder = runs.folder(root, t0)
-    frame = pd.read_parquet(folder / "predictions" / "test.parquet")
+    frame = pd.read_parquet(runs.predictions_file(root, t0, "test"))
     frame = frame[frame["y_true"] != 3].reset_index(drop=True)
     task = get_task(0)
     probs = frame[review.probability_columns(task)].to_numpy()
     probs = probs / probs.sum(axis=1, keepdims=True)
-    workspace.write_parquet(folder / "predictions" / "test.parquet", frame)
-    workspace.write_json(folder / "metrics" / "test.json",
+    workspace.write_parquet(runs.predictions_file(root, t0, "test"), frame)
+    workspace.write_json(runs.metrics_file(root, t0, "test"),
                          compute_metrics(frame["y_true"].to_numpy(), probs, task.class_names, n_boot=20))
     at = open_app(root, "pages/confusion_matrix.py", run=t0)
     table = at.dataframe(key="cm_table").value
@@ -419,3 +418,26 @@ def test_retrain_starts_a_job_and_shows_its_status(workspace_copy, open_app):
     finally:
         if jobs.watch(root, run_id)["state"] in ("queued", "running"):
             jobs.cancel(root, run_id)
+
+
+def test_retrain_form_shows_the_learning_rate_and_verdicts_it_will_use(workspace_copy, open_app):
+    from ddsm_core import verdicts
+    from ddsm_core.data import store
+
+    root = workspace_copy.root
+    at = open_app(root)
+    assert "Learning rate used: 0.001 (the default)" in texts(at.sidebar.caption)
+    at.radio(key="rt_weights").set_value("imagenet").run()  # fine-tuning pretrained weights: a smaller step
+    assert "Learning rate used: 0.0001 (the default)" in texts(at.sidebar.caption)
+    assert at.checkbox(key="rt_reviews").label.startswith("Apply 0 radiologist verdict(s)")
+    assert at.checkbox(key="rt_reviews").disabled
+    manifest = store.load(root, "synth").manifest
+    train, test = (manifest.loc[manifest["split"] == split, "filename"] for split in ("train", "test"))
+    verdicts.add(root, "synth", train.iloc[0], "exclude", reviewer="dr a")
+    verdicts.add(root, "synth", train.iloc[1], "relabel", new_label=3, reviewer="dr a")
+    verdicts.add(root, "synth", train.iloc[2], "agree", reviewer="dr a")
+    verdicts.add(root, "synth", test.iloc[0], "exclude", reviewer="dr a")  # the test split is never applied
+    at.run()
+    assert_clean(at)
+    assert at.checkbox(key="rt_reviews").label.startswith("Apply 2 radiologist verdict(s)")
+    assert not at.checkbox(key="rt_reviews").disabled

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ddsm_core.data import synth
+from ddsm_core import synth
 from ddsm_core.errors import UserError
 
 FILENAME = re.compile(r"^P_\d{5}_(LEFT|RIGHT)_(CC|MLO)_\d+\.png$")

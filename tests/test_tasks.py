@@ -2,7 +2,8 @@
 import pandas as pd
 import pytest
 
-from ddsm_core.data import noise, synth
+from ddsm_core import synth
+from ddsm_core.data import noise
 from ddsm_core.errors import UserError
 from ddsm_core.tasks import TASKS, get_task
 

@@ -1,6 +1,5 @@
 """Training runs: the CLI contract, settings checks, kill -9 and SIGTERM with resume, jobs, strategies."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -10,13 +9,11 @@ import time
 import pandas as pd
 import pytest
 
-from ddsm_core import jobs, runs
+from ddsm_core import jobs, runs, synth
 from ddsm_core.config import RunConfig
-from ddsm_core.data import synth
 from ddsm_core.data.seed_csv import import_seed_csv
-from ddsm_core.errors import UserError
+from ddsm_core.runs import create_run
 from ddsm_core.tasks import TASKS
-from ddsm_core.jobs import create_run
 from ddsm_core.training import train_run
 from support import PROJECT, cli, cli_env, errors, snapshot, start_cli
 
@@ -73,10 +70,10 @@ def history_epochs(root, run_id):
 def test_cli_train_leaves_a_complete_run(root):
     result = cli(*train_args(root), check=True)
     run_id = result.stdout.strip().splitlines()[-1]
-    folder = runs.folder(root, run_id)
-    for name in ("config.json", "status.json", "history.csv", "best.keras", "metrics/test.json",
-                 "predictions/test.parquet"):
-        assert (folder / name).is_file(), name
+    for path in (runs.config_file(root, run_id), runs.status_file(root, run_id), runs.history_file(root, run_id),
+                 runs.best_checkpoint(root, run_id), runs.metrics_file(root, run_id, "test"),
+                 runs.predictions_file(root, run_id, "test")):
+        assert path.is_file(), path
     assert runs.read_status(root, run_id)["state"] == "completed"
     assert history_epochs(root, run_id) == [1, 2, 3]
     config = runs.read_config(root, run_id)
@@ -191,7 +188,7 @@ def wait_finished(root, run_id, timeout=300):
     """Until the job has trained and, when it completed, evaluated."""
     def finished():
         state = runs.effective_state(root, run_id)
-        return state in runs.FINISHED and (state != "completed"
+        return state in runs.FINAL and (state != "completed"
                                            or runs.read_status(root, run_id).get("evaluation") not in (None, "running"))
     return wait_for(finished, timeout=timeout, every=0.2)
 
@@ -206,7 +203,7 @@ def test_job_outlives_its_launcher_and_cannot_be_trained_twice(root):
     wait_finished(root, run_id)
     assert runs.effective_state(root, run_id) == "completed"
     assert runs.read_status(root, run_id)["evaluation"] == "done"
-    assert (runs.folder(root, run_id) / "metrics" / "test.json").is_file(), "a finished job is evaluated"
+    assert runs.metrics_file(root, run_id, "test").is_file(), "a finished job is evaluated"
 
 
 def test_queue_starts_the_second_job_only_when_the_first_ends(root):
@@ -240,7 +237,7 @@ def test_every_task_trains_with_its_number_of_outputs(root, task_id):
 
     run_id = create_run(root, RunConfig(dataset="s", task=task_id, backbone="small_cnn", epochs=1, image_size=32))
     assert train_run(root, run_id, log=lambda _: None) == "completed"
-    model = keras.models.load_model(runs.folder(root, run_id) / "best.keras", custom_objects=custom_objects())
+    model = keras.models.load_model(runs.best_checkpoint(root, run_id), custom_objects=custom_objects())
     assert model.output_shape == (None, TASKS[task_id].n_classes)
 
 

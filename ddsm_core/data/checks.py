@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-VALID_LABELS = range(5)
+from ..tasks import SOURCE_LABELS
 
 
 def parse_label(value) -> tuple[int | None, str | None]:
@@ -13,7 +13,7 @@ def parse_label(value) -> tuple[int | None, str | None]:
         number = float(str(value).strip())
     except ValueError:
         return None, f"label {value!r} is not an integer 0-4"
-    if not number.is_integer() or int(number) not in VALID_LABELS:
+    if not number.is_integer() or int(number) not in SOURCE_LABELS:
         return None, f"label {value!r} is not an integer 0-4"
     return int(number), None
 

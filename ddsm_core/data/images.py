@@ -1,4 +1,5 @@
-"""Reading and writing patch images with Pillow (import checks and the dashboard's views)."""
+"""Reading and writing patch images with Pillow (import checks and the dashboard's views), and the one
+grayscale rule (to_gray here; the tf.data pipeline applies the same rule to tensors)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,11 @@ import numpy as np
 from PIL import Image
 
 SUPPORTED_MODES = {"L": 1, "RGB": 3}
+# The grayscale rule: in float32, each of R, G, B times its ITU-R BT.601 luma weight (Pillow's convert("L")),
+# the three products summed, rounded half to even. The weights sum to one, so a gray patch saved as RGB comes
+# back as itself. Multiply-then-sum is spelled the same way in numpy and TensorFlow so they agree to the bit
+# (a matrix product or a fused multiply-add rounds differently on a few colours in a thousand).
+LUMA = (0.299, 0.587, 0.114)
 
 
 def read_image(path) -> np.ndarray:
@@ -25,13 +31,14 @@ def read_image(path) -> np.ndarray:
 
 
 def to_gray(array: np.ndarray) -> np.ndarray:
-    """Grayscale the same way the training pipeline does (luma weights, rounded)."""
+    """(H, W), (H, W, 1) or (H, W, 3+) uint8 -> (H, W) uint8 by the grayscale rule (LUMA), the levels the
+    training pipeline feeds the model."""
     if array.ndim == 2:
         return array
     if array.shape[-1] == 1:
         return array[..., 0]
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(np.round(array[..., :3].astype(np.float32) @ weights), 0, 255).astype(np.uint8)
+    gray = (array[..., :3].astype(np.float32) * np.asarray(LUMA, dtype=np.float32)).sum(axis=-1)
+    return np.clip(np.round(gray), 0, 255).astype(np.uint8)
 
 
 def read_gray(path) -> np.ndarray:

@@ -135,5 +135,5 @@ def import_kaggle(root, name: str, source, skip_bad: bool = False, replace: bool
             part_rows, part_bad = _read_test_part(source, part, staging)
             rows, bad = rows + part_rows, bad + part_bad
         store.refuse_or_record(bad, rows, skip_bad)
-        return store.save(root, name, "kaggle", {"source": str(source.resolve())},
+        return store.save(root, name, store.KAGGLE, {"source": str(source.resolve())},
                           pd.DataFrame(rows), bad, staging, replace)

@@ -13,6 +13,8 @@ import pandas as pd
 
 from ddsm_core.errors import UserError
 
+from .images import to_gray
+
 DARK_LEVEL = 10  # uint8 level at or below which a pixel counts as film background
 SATURATED_LEVEL = 245  # uint8 level at or above which a pixel counts as saturated (label ink/paper)
 BLOCK_FRACTION = 1 / 8  # side of the saturated-block window, as a fraction of the patch side
@@ -23,20 +25,13 @@ BLOCK_FRACTION = 1 / 8  # side of the saturated-block window, as a fraction of t
 DEFAULT_DARK_FRACTION = 0.5
 DEFAULT_SATURATED_BLOCK = 0.9
 
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what Pillow's convert("L") uses
-
-
 def _grayscale(image: np.ndarray) -> np.ndarray:
-    """HxW, HxWx1 or HxWx3 uint8 -> HxW uint8."""
+    """HxW, HxWx1 or HxWx3 uint8 -> HxW uint8, as the training pipeline sees it."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise UserError(f"patch_stats needs a uint8 image with levels 0-255, got dtype {image.dtype}.")
-    if image.ndim == 3 and image.shape[2] == 1:
-        return image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 3:
-        return np.rint(image @ _LUMA).astype(np.uint8)
-    if image.ndim == 2:
-        return image
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3)):
+        return to_gray(image)
     raise UserError(f"patch_stats needs an HxW, HxWx1 or HxWx3 image, got shape {image.shape}.")
 
 

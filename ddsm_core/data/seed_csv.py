@@ -113,4 +113,4 @@ def import_seed_csv(root, name: str, train_csv, train_images, test_csv, test_ima
     source = {"train_csv": str(Path(train_csv).resolve()), "train_images": str(Path(train_images).resolve()),
               "test_csv": str(Path(test_csv).resolve()), "test_images": str(Path(test_images).resolve())}
     with store.staging(root, name) as staging:
-        return store.save(root, name, "seed-csv", source, manifest, bad, staging, replace)
+        return store.save(root, name, store.SEED_CSV, source, manifest, bad, staging, replace)

@@ -13,7 +13,7 @@ import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,9 @@ from . import noise
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SPLITS = ("train", "test")
+SEED_CSV, KAGGLE = "seed-csv", "kaggle"
+INFO, MANIFEST = "dataset.json", "manifest.parquet"  # a dataset folder's two files
+FORMATS = (SEED_CSV, KAGGLE)  # the source layouts the importers read (import <format>), as dataset.json names them
 PATIENT_PREFIX = re.compile(r"^(P_\d+)")
 
 
@@ -34,9 +37,6 @@ class Dataset:
     folder: Path
     info: dict
     manifest: pd.DataFrame
-
-    def image_path(self, relative_or_absolute: str) -> Path:
-        return self.folder / relative_or_absolute
 
     def absolute_paths(self, rows: pd.DataFrame | None = None) -> list[str]:
         rows = self.manifest if rows is None else rows
@@ -113,7 +113,7 @@ def save(root: Path, name: str, fmt: str, source: dict, manifest: pd.DataFrame,
         "name": name,
         "format": fmt,
         "source": source,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "n_patches": int(len(manifest)),
         "counts": counts_by_split(manifest),
         "import_report": {
@@ -128,8 +128,8 @@ def save(root: Path, name: str, fmt: str, source: dict, manifest: pd.DataFrame,
             },
         },
     }
-    workspace.write_parquet(staging / "manifest.parquet", manifest)
-    workspace.write_json(staging / "dataset.json", info)
+    workspace.write_parquet(staging / MANIFEST, manifest)
+    workspace.write_json(staging / INFO, info)
     target = workspace.dataset_dir(root, name)
     workspace.replace_dir(staging, target)
     return Dataset(name, target, info, manifest)
@@ -165,16 +165,26 @@ def list_datasets(root: Path) -> list[str]:
     folder = workspace.datasets_dir(root)
     if not folder.exists():
         return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "dataset.json").exists())
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / INFO).exists())
+
+
+def manifest_file(root: Path, name: str) -> Path:
+    return workspace.dataset_dir(root, name) / MANIFEST
+
+
+def manifest_stamp(root: Path, name: str) -> int:
+    """Changes whenever the dataset is imported again (0 when it does not exist): a cache key."""
+    path = manifest_file(root, name)
+    return path.stat().st_mtime_ns if path.exists() else 0
 
 
 def load(root: Path, name: str) -> Dataset:
     folder = workspace.dataset_dir(root, name)
-    if not (folder / "dataset.json").exists():
+    if not (folder / INFO).exists():
         known = ", ".join(list_datasets(root)) or "none yet"
         raise UserError(f"no dataset named {name!r} in {root} (datasets: {known})")
-    info = workspace.read_json(folder / "dataset.json")
-    manifest = pd.read_parquet(folder / "manifest.parquet")
+    info = workspace.read_json(folder / INFO)
+    manifest = pd.read_parquet(folder / MANIFEST)
     return Dataset(name, folder, info, manifest)
 
 
@@ -182,7 +192,7 @@ def summaries(root: Path) -> list[dict]:
     """What `datasets --json` prints: name, format, counts and size of each dataset."""
     result = []
     for name in list_datasets(root):
-        info = workspace.read_json(workspace.dataset_dir(root, name) / "dataset.json")
+        info = workspace.read_json(workspace.dataset_dir(root, name) / INFO)
         result.append({key: info.get(key) for key in ("name", "format", "counts", "n_patches", "created")}
                       | {"skipped": len(info.get("import_report", {}).get("skipped", []))})
     return result

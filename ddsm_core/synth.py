@@ -6,8 +6,7 @@ there without a multi-gigabyte download, that a small CNN learns in minutes at
 from film background (some with burned-in labels), several patches per patient,
 and the public release's odd file layout.
 
-Labels follow the DDSM patch encoding: 0 normal, 1 benign calcification,
-2 benign mass, 3 malignant calcification, 4 malignant mass.
+Labels are the DDSM source labels of ddsm_core.tasks.SOURCE_LABELS.
 
 Everything is driven by ``np.random.default_rng``: the same arguments give
 byte-identical patches and files. Pure numpy (no scipy).
@@ -20,25 +19,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ddsm_core.errors import UserError
+from .data import kaggle, store
+from .errors import UserError
+from .tasks import CALCIFICATIONS, MASSES, SOURCE_LABELS
 
-CLASS_NAMES = {
-    0: "normal",
-    1: "benign calcification",
-    2: "benign mass",
-    3: "malignant calcification",
-    4: "malignant mass",
-}
-CLASS_SHARES = (0.40, 0.15, 0.15, 0.15, 0.15)
+CLASS_SHARES = (0.40, 0.15, 0.15, 0.15, 0.15)  # per source label
 BACKGROUND_SHARE = 0.25  # normals planted as film background (the task-1 noisy normals)
 LABEL_SHARE = 0.4  # of those, the share that also show a burned-in label
 EDGE_SHARE = 0.15  # clean normals cut near the breast edge: a borderline case the filter must keep
-SPLITS = ("train", "test")
-FORMATS = ("seed-csv", "kaggle")
-KAGGLE_SHARDS = 5
 MIN_SIZE = 32
-CV10_LABELS = (0, 2, 4)  # the public release put masses (and half the normals) in cv10 ...
-TEST10_LABELS = (0, 1, 3)  # ... and calcifications (and the other normals) in test10
 
 
 # ---------------------------------------------------------------- drawing helpers
@@ -267,15 +256,15 @@ def make_patch(label: int, size: int, rng, background: bool = False) -> np.ndarr
     edge with a modest (< 35%) dark region, the borderline case the filter must keep.
     """
     label = int(label)
-    if label not in CLASS_NAMES:
+    if label not in SOURCE_LABELS:
         raise UserError(f"The class label must be one of 0-4, got {label}.")
     if background and label != 0:
         raise UserError("Only normal patches (label 0) can be planted as film background.")
     img = _tissue(size, rng)
-    if label in (2, 4):
+    if label in MASSES:
         _LESIONS[label](img, rng)
     _soft_cap(img)  # tissue and masses stay below saturation ...
-    if label in (1, 3):
+    if label in CALCIFICATIONS:
         _LESIONS[label](img, rng)  # ... calcifications are the brightest thing in the breast
     if background:
         film = _film_edge(img, rng, rng.uniform(0.62, 0.92))
@@ -304,8 +293,8 @@ def _class_counts(n: int) -> np.ndarray:
     counts = np.floor(exact).astype(int)
     for k in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
         counts[k] += 1
-    if n >= 5:
-        for k in range(1, 5):
+    if n >= len(counts):
+        for k in range(1, len(counts)):
             if counts[k] == 0:  # borrow one from the largest class
                 counts[np.argmax(counts)] -= 1
                 counts[k] = 1
@@ -325,9 +314,9 @@ def _group_sizes(n: int, rng) -> list[int]:
 
 
 def _split_index(split: str) -> int:
-    if split not in SPLITS:
-        raise UserError(f"The split must be one of {', '.join(SPLITS)}, got {split!r}.")
-    return SPLITS.index(split)
+    if split not in store.SPLITS:
+        raise UserError(f"The split must be one of {', '.join(store.SPLITS)}, got {split!r}.")
+    return store.SPLITS.index(split)
 
 
 def generate(n: int, size: int, seed: int, split: str) -> tuple[list[np.ndarray], pd.DataFrame]:
@@ -342,7 +331,7 @@ def generate(n: int, size: int, seed: int, split: str) -> tuple[list[np.ndarray]
     _check_args(n, size, seed)
     s = _split_index(split)
     rng = np.random.default_rng([seed, s])
-    labels = rng.permutation(np.repeat(np.arange(5), _class_counts(n)))
+    labels = rng.permutation(np.repeat(list(SOURCE_LABELS), _class_counts(n)))
     normals = np.flatnonzero(labels == 0)
     background = np.zeros(n, dtype=bool)
     background[rng.choice(normals, round(BACKGROUND_SHARE * len(normals)), replace=False)] = True
@@ -369,7 +358,7 @@ def write_seed_csv(out_dir, n_train: int, n_test: int, size: int = 128, seed: in
     """
     out = Path(out_dir)
     truth = []
-    for split, n in zip(SPLITS, (n_train, n_test)):
+    for split, n in zip(store.SPLITS, (n_train, n_test)):
         images, table = generate(n, size, seed, split)
         folder = out / f"{split}_images"
         folder.mkdir(parents=True, exist_ok=True)
@@ -413,17 +402,17 @@ def write_kaggle(out_dir, n_train: int, n_test: int, size: int = 128, seed: int 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images, train = generate(n_train, size, seed, "train")
-    writers = [tf.io.TFRecordWriter(str(out / f"training10_{i}.tfrecords")) for i in range(KAGGLE_SHARDS)]
+    writers = [tf.io.TFRecordWriter(str(out / name)) for name in kaggle.TFRECORDS]
     try:
         for i, (img, label, name) in enumerate(zip(images, train["y"], train["filename"])):
-            writers[i % KAGGLE_SHARDS].write(_example(tf, img, label, name).SerializeToString())
+            writers[i % len(writers)].write(_example(tf, img, label, name).SerializeToString())
     finally:
         for writer in writers:
             writer.close()
 
     images, test = generate(n_test, size, seed, "test")
     normal_rank = (test["y"] == 0).cumsum()
-    in_cv10 = test["y"].isin([2, 4]) | ((test["y"] == 0) & (normal_rank % 2 == 1))
+    in_cv10 = test["y"].isin(MASSES) | ((test["y"] == 0) & (normal_rank % 2 == 1))
     test = test.copy()
     for stem, mask in (("cv10", in_cv10), ("test10", ~in_cv10)):
         rows = np.flatnonzero(mask.to_numpy())
@@ -435,10 +424,10 @@ def write_kaggle(out_dir, n_train: int, n_test: int, size: int = 128, seed: int 
 
 
 def write(out_dir, fmt: str, n_train: int, n_test: int, size: int = 128, seed: int = 0) -> pd.DataFrame:
-    """Write a synthetic source dataset in `fmt` ("seed-csv" or "kaggle"); returns the truth table."""
-    if fmt not in FORMATS:
-        raise UserError(f"The synthetic format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    """Write a synthetic source dataset in `fmt` (one of store.FORMATS); returns the truth table."""
+    if fmt not in store.FORMATS:
+        raise UserError(f"The synthetic format must be one of {', '.join(store.FORMATS)}, got {fmt!r}.")
     _check_args(n_train, size, seed)
     _check_args(n_test, size, seed)
-    writer = write_seed_csv if fmt == "seed-csv" else write_kaggle
+    writer = write_seed_csv if fmt == store.SEED_CSV else write_kaggle
     return writer(out_dir, n_train, n_test, size=size, seed=seed)

@@ -176,11 +176,11 @@ def _shortcut(result: dict) -> None:
     st.caption("A logistic regression on dark fraction, saturated block, mean and spread of intensity and border "
                "fraction only, cross-validated; the run's test AUC beside its task.")
     table = shortcut_table(result)
-    for _, row in table.iterrows():
-        auc = row["properties-only AUC"]
-        if auc is not None and not pd.isna(auc) and auc > WARN_AUC:
-            st.warning(f"Task {row['task']} ({row['name']}): image properties alone reach AUC {auc:.3f} — the task "
-                       "can be solved without looking at tissue; check what the model learned.")
+    high = table[pd.to_numeric(table["properties-only AUC"], errors="coerce") > WARN_AUC]
+    if not high.empty:
+        listed = ", ".join(f"task {task} ({auc:.2f})" for task, auc in zip(high["task"], high["properties-only AUC"]))
+        st.warning(f"Image properties alone reach AUC > {WARN_AUC} on {listed}: these tasks can be solved without "
+                   "looking at tissue. Check what the model learned (Grad-CAM) and the task-1 filter.")
     st.dataframe(table.round(3), hide_index=True, key="audit_shortcut", width="stretch")
     if result.get("correlations"):
         st.markdown(f"**Correlation (Spearman) of the properties with run {result['run']}'s class probabilities**")
@@ -216,8 +216,9 @@ def _slices(here: Path, run_id: str | None, result: dict) -> None:
         st.info(f"No slice of {column} has a {metric.replace('_', ' ')}: " + "; ".join(
             f"{r.value} (n={r.n}: {r.note})" for r in chosen.itertuples()))
         return
+    drawn = drawn.assign(size=[f"n={n}" for n in drawn["n"]])
     figure = px.scatter(drawn, x="value", y="estimate", error_y=drawn["high"] - drawn["estimate"],
-                        error_y_minus=drawn["estimate"] - drawn["low"], hover_data=["n"], text="n",
+                        error_y_minus=drawn["estimate"] - drawn["low"], hover_data=["n"], text="size",
                         labels={"value": column, "estimate": metric})
     figure.update_traces(textposition="middle right", marker_size=12)
     figure.update_layout(height=360, yaxis_range=[0, 1.05], xaxis_type="category")

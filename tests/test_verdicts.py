@@ -1,8 +1,9 @@
 """Verdicts on patches: storage semantics, validation, concurrent writers, export/import, and their effect."""
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import time as clock
 from contextlib import closing
 
@@ -164,27 +165,35 @@ def test_require_patches_names_unknown_filenames(manifest):
 WRITERS, EACH = 8, 50
 
 
-def _writer(root: str, writer: int, barrier) -> None:
-    barrier.wait()  # all start together, so their writes really overlap
-    for index in range(EACH):
-        verdicts.add(root, DATASET, f"w{writer}_{index:02d}.png", "relabel" if index % 2 else "agree",
-                     new_label=index % 5 if index % 2 else None, reviewer=f"writer{writer}")
+# one writer process: waits for the start signal (a file), so all writes really overlap, then adds EACH verdicts
+WRITER = """
+import os, sys, time
+from ddsm_core import verdicts
+root, dataset, writer, each, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+open(f"{go}.ready{writer}", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.005)
+for index in range(each):
+    verdicts.add(root, dataset, f"w{writer}_{index:02d}.png", "relabel" if index % 2 else "agree",
+                 new_label=index % 5 if index % 2 else None, reviewer=f"writer{writer}")
+"""
 
 
 @pytest.mark.slow
 def test_many_processes_writing_at_once_lose_nothing(tmp_path, measurement):
-    # fresh processes (not forks of this one), each with its own connections; spawned, because a fork server
-    # is one per test process and another test may have started it with another set-up
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(WRITERS)
-    processes = [context.Process(target=_writer, args=(str(tmp_path), writer, barrier)) for writer in range(WRITERS)]
+    # fresh interpreters (not forks of this one), each with its own connections; plain subprocesses, because
+    # multiprocessing's spawn re-runs the parent's __main__, which AppTest tests leave pointing at a page
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), DATASET, str(writer), str(EACH),
+                                   str(go)], stderr=subprocess.PIPE, text=True) for writer in range(WRITERS)]
+    deadline = clock.monotonic() + 120
+    while len(list(tmp_path.glob("go.ready*"))) < WRITERS and clock.monotonic() < deadline:
+        clock.sleep(0.01)  # every writer imported and waiting
     started = clock.perf_counter()
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
+    go.touch()
+    outcomes = [(process.wait(timeout=180), process.stderr.read()) for process in processes]
     elapsed = clock.perf_counter() - started
-    assert [process.exitcode for process in processes] == [0] * WRITERS
+    assert [code for code, _ in outcomes] == [0] * WRITERS, [error for _, error in outcomes]
 
     rows = verdicts.history(tmp_path, DATASET)
     expected = {f"w{writer}_{index:02d}.png" for writer in range(WRITERS) for index in range(EACH)}

@@ -65,3 +65,25 @@ def workspace_copy(trained_workspace, tmp_path) -> TrainedWorkspace:
     root = tmp_path / "workspace"
     copy_workspace(trained_workspace.root, root, trained_workspace.run_t0)
     return replace(trained_workspace, root=root)
+
+
+@pytest.fixture
+def open_app(monkeypatch):
+    """open_app(root, page=None, run=None): the dashboard under AppTest on a workspace, on a page, with ?run=."""
+    from streamlit.testing.v1 import AppTest
+
+    from support import APP, assert_clean
+
+    def opener(root, page=None, run=None) -> AppTest:
+        monkeypatch.setenv("DDSM_WORKSPACE", str(root))
+        at = AppTest.from_file(APP, default_timeout=60)
+        if run:
+            at.query_params["run"] = run
+        at.run()
+        # The first run executes under the main script's page hash, later runs under the page's own,
+        # so widget ids change once (a folder named pages/ puts AppTest in legacy multipage mode):
+        # a second run (or the page switch) makes the ids stable before a test interacts.
+        at.switch_page(page).run() if page else at.run()
+        assert_clean(at)
+        return at
+    return opener

@@ -60,3 +60,15 @@ def copy_workspace(source: Path, target: Path, run_id: str) -> None:
 
     locks = runs.lock_file(source, run_id).name, runs.dispatch_lock_file(source).name
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(*locks))
+
+
+APP = str(PROJECT / "streamlit_app.py")
+
+
+def assert_clean(at) -> None:
+    """An AppTest run showed no exception."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]

@@ -17,36 +17,11 @@ import ddsm_core
 from ddsm_core import jobs, review, runs, workspace
 from ddsm_core.metrics import compute_metrics
 from ddsm_core.tasks import get_task
+from support import APP, assert_clean, texts
 
 pytestmark = pytest.mark.slow
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["streamlit_app.py", "pages/training_curves.py", "pages/confusion_matrix.py", "pages/certainty.py",
          "pages/gallery.py", "pages/data.py"]
-
-
-@pytest.fixture
-def open_app(monkeypatch):
-    def opener(root, page=None, run=None) -> AppTest:
-        monkeypatch.setenv("DDSM_WORKSPACE", str(root))
-        at = AppTest.from_file(APP, default_timeout=60)
-        if run:
-            at.query_params["run"] = run
-        at.run()
-        # The first run executes under the main script's page hash, later runs under the page's own,
-        # so widget ids change once (a folder named pages/ puts AppTest in legacy multipage mode):
-        # a second run (or the page switch) makes the ids stable before a test interacts.
-        at.switch_page(page).run() if page else at.run()
-        assert_clean(at)
-        return at
-    return opener
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def texts(elements) -> list[str]:
-    return [e.value for e in elements]
 
 
 def captions_of_images(at: AppTest) -> list[str]:

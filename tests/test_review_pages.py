@@ -19,32 +19,10 @@ from dashboard import auth
 from ddsm_core import compare, explain, runs, verdicts
 from ddsm_core.evaluation import probability_columns
 from ddsm_core.tasks import get_task
+from support import assert_clean, texts
 
 pytestmark = pytest.mark.slow
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 NAMES = get_task(0).class_names
-
-
-@pytest.fixture
-def open_app(monkeypatch):
-    def opener(root, page, run=None) -> AppTest:
-        monkeypatch.setenv("DDSM_WORKSPACE", str(root))
-        at = AppTest.from_file(APP, default_timeout=60)
-        if run:
-            at.query_params["run"] = run
-        at.run()
-        at.switch_page(page).run()  # page ids settle after the switch (see test_pages.open_app)
-        assert_clean(at)
-        return at
-    return opener
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def texts(elements) -> list[str]:
-    return [e.value for e in elements]
 
 
 def predictions(root, run_id) -> pd.DataFrame:

@@ -64,6 +64,11 @@ def write_patches(folder: Path, n: int, size: int) -> pd.DataFrame:
 
 def seed_generator(frame: pd.DataFrame, size: int, batch: int):
     """What the notebook did: ImageDataGenerator().flow_from_dataframe, grayscale, sparse labels."""
+    # Keras 3 keeps the seed's generator only in a private module (no public one exists): written for 3.15.x
+    import keras
+
+    if not keras.__version__.startswith("3.15."):
+        raise SystemExit(f"the seed-style generator was checked against Keras 3.15.x, not {keras.__version__}")
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
     frame = frame.assign(label=frame["y"].astype(str))

@@ -68,6 +68,7 @@ def section(name: str, record: dict | None) -> None:
     result = stored(name, run_id)
     if result is None:
         st.info("This dataset has not been audited yet.")
+        _slices(here, run_id, {})  # the evaluation stores them: they need no audit
         return
     if result["stale"]:
         st.warning("The dataset or the run changed since this audit: run it again for current findings.")

@@ -3,7 +3,8 @@
 The predictions file (runs.predictions_file): path, filename, label, group,
 noisy, y_true, y_pred, correct, confidence, p_<class> per class. The metrics
 file (runs.metrics_file): every number a reviewer needs (see ddsm_core.metrics)
-plus which checkpoint made them. A second evaluation of an unchanged
+plus which checkpoint made them, and the metrics per slice of the dataset's
+metadata columns (ddsm_core.slices). A second evaluation of an unchanged
 checkpoint does no inference.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import hardware, runs, workspace
+from . import hardware, runs, slices, workspace
 from . import metrics as metric_functions
 from .config import RunConfig
 from .data import store
@@ -130,7 +131,8 @@ def evaluate_run(root: Path, run_id: str, split: str = "test", checkpoint: str =
                "checkpoint_sha256": sha, "precision": precision, "jit": jit, "batch_size": batch_size,
                "inputs": source, "inference_seconds": round(seconds, 3),
                "patches_per_second": round(len(paths) / seconds, 1), "evaluated": runs.now(),
-               "reviewed_labels": reviewed_metrics(root, config, frame, task)}
+               "reviewed_labels": reviewed_metrics(root, config, frame, task),
+               "slices": slices.compute(frame, dataset.manifest, task.class_names)}
     workspace.write_parquet(runs.predictions_file(root, run_id, split), frame)
     workspace.write_json(runs.metrics_file(root, run_id, split), result)
     log(f"run {run_id}: evaluated {len(paths)} {split} patches from the {source} in {seconds:.1f} s "

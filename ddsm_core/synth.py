@@ -320,7 +320,7 @@ def _split_index(split: str) -> int:
 
 
 def generate(n: int, size: int, seed: int, split: str) -> tuple[list[np.ndarray], pd.DataFrame]:
-    """n patches and their table (filename, y, patient_id, background).
+    """n patches and their table (filename, y, patient_id, background, view, breast_density).
 
     The split takes part in the seed, so train and test differ for the same seed.
     Patient numbers are odd in train and even in test (P_00001, P_00003, ... vs
@@ -348,13 +348,24 @@ def generate(n: int, size: int, seed: int, split: str) -> tuple[list[np.ndarray]
         make_patch(labels[i], size, np.random.default_rng([seed, s, i]), bool(background[i])) for i in range(n)
     ]
     table = pd.DataFrame({"filename": filenames, "y": labels.astype(int), "patient_id": patients, "background": background})
-    return images, table
+    return images, table.assign(**_metadata(table, seed, s))
+
+
+def _metadata(table: pd.DataFrame, seed: int, split_index: int) -> dict[str, pd.Series]:
+    """Metadata columns for slices: the view (from the file name) and a breast density (1-4) per patient,
+    drawn from its own generator so the patches stay what they were without it."""
+    rng = np.random.default_rng([seed, split_index, 1_000_003])
+    patients = table["patient_id"].unique()
+    density = dict(zip(patients, rng.choice([1, 2, 3, 4], len(patients), p=[0.1, 0.4, 0.4, 0.1])))
+    return {"view": table["filename"].str.extract(r"_(CC|MLO)_", expand=False),
+            "breast_density": table["patient_id"].map(density).astype(int)}
 
 
 def write_seed_csv(out_dir, n_train: int, n_test: int, size: int = 128, seed: int = 0) -> pd.DataFrame:
-    """The seed notebook's layout: train.csv/test.csv (filename,y,patient_id) + PNG folders.
+    """The seed notebook's layout: train.csv/test.csv (filename,y,patient_id, and the metadata columns view and
+    breast_density) + PNG folders.
 
-    Returns the truth table (filename, y, patient_id, background, split).
+    Returns the truth table (filename, y, patient_id, background, view, breast_density, split).
     """
     out = Path(out_dir)
     truth = []
@@ -364,7 +375,7 @@ def write_seed_csv(out_dir, n_train: int, n_test: int, size: int = 128, seed: in
         folder.mkdir(parents=True, exist_ok=True)
         for name, img in zip(table["filename"], images):
             Image.fromarray(img).save(folder / name)  # 2-D uint8 -> 8-bit grayscale ("L") PNG
-        table[["filename", "y", "patient_id"]].to_csv(out / f"{split}.csv", index=False)
+        table[["filename", "y", "patient_id", "view", "breast_density"]].to_csv(out / f"{split}.csv", index=False)
         truth.append(table.assign(split=split))
     return pd.concat(truth, ignore_index=True)
 

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: synthetic sources, the CLI as a subprocess, workspace snapshots."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -72,3 +73,11 @@ def assert_clean(at) -> None:
 
 def texts(elements) -> list[str]:
     return [e.value for e in elements]
+
+
+def plotly_values(values) -> list:
+    """A trace's x or y from a chart spec as a list: plotly sends numeric arrays as typed base64 ("bdata")."""
+    if isinstance(values, dict) and "bdata" in values:
+        import numpy as np
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)

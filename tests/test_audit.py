@@ -68,7 +68,7 @@ def plant_copies(n_train, n_test, size, copies, seed=0):
     for k, row in enumerate(chosen):
         name = f"P_{90000 + 2 * k + 1:05d}_LEFT_CC_1.png"  # an odd (training) patient of its own
         train_images.append(leaked_copy(test_images[row], rng))
-        train.loc[len(train)] = [name, int(test["y"].iloc[row]), name[:7], False]
+        train.loc[len(train)] = [name, int(test["y"].iloc[row]), name[:7], False, "CC", int(test["breast_density"].iloc[row])]
         planted.append((name, test["filename"].iloc[row]))
     return {"train": (train_images, train), "test": (test_images, test)}, planted
 

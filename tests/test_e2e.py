@@ -419,3 +419,30 @@ def test_review_records_verdicts_by_click_and_by_keyboard_shortcut(server, e2e_w
         raise
     assert page.get_by_text(re.compile(r"^true class: ")).count() == 1
     assert_healthy(page, "/review with Grad-CAM")
+
+
+def test_data_page_runs_the_audit_in_the_background_and_shows_its_findings(server, e2e_workspace, page):
+    """A click on the Data page starts the audit as a background process; the page polls its progress and draws
+    the findings (near-duplicates, shortcut probe) when it ends, without a reload."""
+    from ddsm_core import audit
+
+    root, run_t0 = e2e_workspace.root, e2e_workspace.run_t0
+    page.goto(f"{server.url}/data?run={run_t0}")
+    wait_for_app(page, "Data")
+    page.get_by_text("This dataset has not been audited yet.").wait_for(state="visible")
+    page.get_by_role("button", name="Run the audit").click()
+    try:
+        page.get_by_role("heading", name="Shortcut probe").wait_for(state="visible", timeout=300_000)
+    except Exception:
+        screenshot(page, "audit_failed")
+        raise
+    state = audit.job_state(root, "synth")
+    assert state["state"] == "completed", state
+    stored = audit.load(root, "synth", run_t0)
+    assert stored is not None and not stored["stale"]
+    page.get_by_role("heading", name="Near-duplicates").wait_for(state="visible")
+    pairs = page.get_by_test_id("stMetric").filter(has_text="Pairs")
+    assert pairs.first.inner_text().split()[-1] == str(stored["summary"]["pairs"])
+    wait_for_app(page, "Data")
+    assert_healthy(page, "/data after the audit")
+    screenshot(page, "data_audit")

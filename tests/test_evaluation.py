@@ -189,3 +189,20 @@ BF16_MARGIN = 0.1
 def test_unknown_run_refused(trained_workspace):
     with pytest.raises(UserError, match="no run 'nope'"):
         evaluate_run(trained_workspace.root, "nope")
+
+
+def test_metrics_per_metadata_slice_are_stored_with_the_evaluation(trained_workspace):
+    """The seed CSV's metadata columns (view, breast density) become slices, computed from the stored predictions."""
+    from ddsm_core import slices
+
+    root, run_id = trained_workspace.root, trained_workspace.run_t0
+    frame, result = stored(root, run_id)
+    manifest = store.load(root, "synth").manifest
+    assert set(result["slices"]["columns"]) == {"view", "breast_density"}
+    views = {entry["value"]: entry for entry in result["slices"]["columns"]["view"]}
+    assert set(views) == {"CC", "MLO"} and sum(entry["n"] for entry in views.values()) == len(frame)
+    for view, entry in views.items():
+        chosen = frame[frame["filename"].map(manifest.set_index("filename")["view"]) == view]
+        if entry["accuracy"] is not None:
+            assert entry["accuracy"] == pytest.approx((chosen["y_true"] == chosen["y_pred"]).mean(), abs=1e-9)
+    assert result["slices"] == json.loads(json.dumps(slices.compute(frame, manifest, get_task(0).class_names)))

@@ -17,7 +17,7 @@ import ddsm_core
 from ddsm_core import jobs, review, runs, workspace
 from ddsm_core.metrics import compute_metrics
 from ddsm_core.tasks import get_task
-from support import APP, assert_clean, texts
+from support import APP, assert_clean, plotly_values, texts
 
 pytestmark = pytest.mark.slow
 PAGES = ["streamlit_app.py", "pages/training_curves.py", "pages/confusion_matrix.py", "pages/certainty.py",
@@ -126,8 +126,7 @@ def test_training_curves_show_train_and_validation_with_best_epoch(trained_works
     for spec, metric in zip(charts, ("accuracy", "loss")):
         by_name = {trace["name"]: trace for trace in spec["data"]}
         assert set(by_name) == {"train", "validation"}
-        assert by_name["validation"]["y"] == pytest.approx(list(history[f"val_{metric}"])) or \
-            "bdata" in json.dumps(by_name["validation"]["y"])
+        assert plotly_values(by_name["validation"]["y"]) == pytest.approx(list(history[f"val_{metric}"]))
         assert any(shape.get("x0") == best for shape in spec["layout"].get("shapes", []))
 
 
@@ -416,3 +415,17 @@ def test_retrain_form_shows_the_learning_rate_and_verdicts_it_will_use(workspace
     assert_clean(at)
     assert at.checkbox(key="rt_reviews").label.startswith("Apply 2 radiologist verdict(s)")
     assert not at.checkbox(key="rt_reviews").disabled
+
+
+def test_data_page_draws_the_evaluations_slices_without_an_audit(trained_workspace, open_app):
+    """Metrics per slice come with the evaluation: the chart is there before anyone runs the audit."""
+    root, run_id = trained_workspace.root, trained_workspace.run_t0
+    at = open_app(root, "pages/data.py", run=run_id)
+    assert any("not been audited" in info.value for info in at.info)
+    stored = workspace.read_json(runs.metrics_file(root, run_id, "test"))["slices"]["columns"]
+    at.selectbox(key="audit_slice_column").select("view").run()
+    assert_clean(at)
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    drawn = dict(zip(plotly_values(spec["data"][0]["x"]), plotly_values(spec["data"][0]["y"])))
+    expected = {e["value"]: e["balanced_accuracy"] for e in stored["view"] if e["balanced_accuracy"] is not None}
+    assert drawn.keys() == expected.keys() and drawn == pytest.approx(expected)

@@ -50,8 +50,11 @@ def test_shapes_and_table(train_set):
     images, table = train_set
     assert len(images) == len(table) == 300
     assert all(i.shape == (64, 64) and i.dtype == np.uint8 for i in images)
-    assert list(table.columns) == ["filename", "y", "patient_id", "background"]
+    assert list(table.columns) == ["filename", "y", "patient_id", "background", "view", "breast_density"]
     assert table["background"].dtype == bool
+    assert (table["view"] == table["filename"].str.split("_").str[3]).all()
+    assert set(table["breast_density"]) <= {1, 2, 3, 4}
+    assert (table.groupby("patient_id")["breast_density"].nunique() == 1).all(), "one density per patient"
     assert set(table["y"]) == {0, 1, 2, 3, 4}
 
 
@@ -160,14 +163,15 @@ def test_calcifications_are_small_and_masses_are_not_saturated(by_class):
 def test_write_seed_csv_layout(tmp_path):
     truth = synth.write(tmp_path, "seed-csv", n_train=12, n_test=7, size=48, seed=9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv", "test_images", "train.csv", "train_images"]
-    assert list(truth.columns) == ["filename", "y", "patient_id", "background", "split"]
+    assert list(truth.columns) == ["filename", "y", "patient_id", "background", "view", "breast_density", "split"]
     for split, n in (("train", 12), ("test", 7)):
         table = pd.read_csv(tmp_path / f"{split}.csv")
-        assert list(table.columns) == ["filename", "y", "patient_id"]
+        written = ["filename", "y", "patient_id", "view", "breast_density"]
+        assert list(table.columns) == written
         assert len(table) == n
         assert sorted(p.name for p in (tmp_path / f"{split}_images").iterdir()) == sorted(table["filename"])
         images, expected = synth.generate(n, 48, seed=9, split=split)
-        pd.testing.assert_frame_equal(table, expected[["filename", "y", "patient_id"]])
+        pd.testing.assert_frame_equal(table, expected[written])
         for name, img in zip(table["filename"], images):
             with Image.open(tmp_path / f"{split}_images" / name) as png:
                 assert png.mode == "L" and png.format == "PNG"

@@ -48,3 +48,40 @@ def read_gray(path) -> np.ndarray:
 def write_png(path, array: np.ndarray) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array, dtype=np.uint8).squeeze()).save(path, format="PNG")
+
+
+# The one 16-bit -> 8-bit rule (DICOM mammograms, 16-bit PNG patches): a linear window between two percentiles
+# of the whole source image's pixels, clipped and rounded; MONOCHROME1 (white = 0) is inverted first. Every patch
+# cut from one image gets that image's window, so patches of one mammogram stay comparable. Recorded in
+# dataset.json as SIXTEEN_BIT_TRANSFORM.
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.9
+SIXTEEN_BIT_TRANSFORM = {
+    "name": "percentile-window",
+    "low_percentile": LOW_PERCENTILE, "high_percentile": HIGH_PERCENTILE,
+    "description": (f"per source image: pixels inverted when MONOCHROME1, then mapped linearly from "
+                    f"[{LOW_PERCENTILE}th, {HIGH_PERCENTILE}th percentile of that image] to [0, 255], "
+                    "clipped and rounded half to even"),
+}
+
+
+def window_of(pixels: np.ndarray, monochrome1: bool = False) -> tuple[float, float]:
+    """The (low, high) levels of SIXTEEN_BIT_TRANSFORM for a whole source image (before inversion when
+    monochrome1, the window is of the inverted pixels)."""
+    values = _oriented(pixels, monochrome1)
+    low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    return float(low), float(high)
+
+
+def to_8bit(pixels: np.ndarray, window: tuple[float, float], monochrome1: bool = False) -> np.ndarray:
+    """Pixels of a source image (or a crop of it) -> uint8 by its window (window_of of the whole image)."""
+    low, high = window
+    values = _oriented(pixels, monochrome1)
+    scaled = (values - low) * (255.0 / max(high - low, 1e-9))
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _oriented(pixels: np.ndarray, monochrome1: bool) -> np.ndarray:
+    values = np.asarray(pixels, dtype=np.float64)
+    if monochrome1:  # white is 0: flip so that dense tissue is bright, as in MONOCHROME2 and 8-bit patches
+        values = float(np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else values.max()) - values
+    return values

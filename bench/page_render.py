@@ -104,10 +104,10 @@ def time_page(root: Path, run_id: str, page: str, repeats: int, setup=None) -> t
     return seconds, len(at.get("image"))
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this script's section of docs/PERFORMANCE.md, leaving every other section as it is."""
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace (or append) a script's section of docs/PERFORMANCE.md, leaving every other section as it is."""
     current = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     body = text.rstrip() + "\n"
     if pattern.search(current):
         updated = pattern.sub(lambda _: body + "\n", current, count=1)

@@ -72,7 +72,7 @@ def _evaluate(args):
 
     result = evaluation.evaluate_run(workspace.workspace_root(args.workspace), args.run, split=args.split,
                                      checkpoint=args.checkpoint, batch_size=args.batch_size,
-                                     precision=args.precision, jit=args.jit, log=print)
+                                     precision=args.precision, jit=args.jit, force=args.force, log=print)
     print(json.dumps({k: result.metrics.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")}))
 
 
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", choices=PRECISIONS, default=None,
                           help="default: the precision the run trained in")
     evaluate.add_argument("--jit", action="store_true")
+    evaluate.add_argument("--force", action="store_true", help="predict again even when the stored predictions are current")
     evaluate.set_defaults(handler=_evaluate)
 
     listing = commands.add_parser("runs", parents=[common], help="list runs")
@@ -356,4 +357,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only folder: every workspace write is atomic, so say so
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}: stopped; the files already in the workspace are unchanged",
+              file=sys.stderr)
+        return 1
     return 0

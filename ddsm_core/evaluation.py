@@ -85,6 +85,7 @@ def predictions_frame(rows: pd.DataFrame, paths: list[str], probs: np.ndarray, t
 
 
 def already_done(root: Path, run_id: str, split: str, sha: str, precision: str) -> dict | None:
+    runs.finish_results(root, run_id, split)
     stored = workspace.read_json(runs.metrics_file(root, run_id, split))
     if stored and stored.get("checkpoint_sha256") == sha and stored.get("precision") == precision \
             and runs.predictions_file(root, run_id, split).exists():
@@ -133,8 +134,10 @@ def evaluate_run(root: Path, run_id: str, split: str = "test", checkpoint: str =
                "patches_per_second": round(len(paths) / seconds, 1), "evaluated": runs.now(),
                "reviewed_labels": reviewed_metrics(root, config, frame, task),
                "slices": slices.compute(frame, dataset.manifest, task.class_names)}
-    workspace.write_parquet(runs.predictions_file(root, run_id, split), frame)
-    workspace.write_json(runs.metrics_file(root, run_id, split), result)
+    workspace.write_together({  # one evaluation's pair, never half of each even if killed
+        runs.predictions_file(root, run_id, split): lambda tmp: frame.to_parquet(tmp, index=False),
+        runs.metrics_file(root, run_id, split): lambda tmp: Path(tmp).write_text(workspace.json_text(result), encoding="utf-8"),
+    }, runs.results_journal(root, run_id, split))
     log(f"run {run_id}: evaluated {len(paths)} {split} patches from the {source} in {seconds:.1f} s "
         f"({len(paths) / seconds:.0f} patches/s): accuracy {result['accuracy']:.3f}, "
         f"balanced accuracy {result['balanced_accuracy']:.3f}")

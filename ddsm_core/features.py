@@ -120,14 +120,8 @@ def ensure(root: Path, config: RunConfig, precision: str, log=print) -> FeatureC
         if cached:
             log(f"feature cache {name}: reused ({cached.meta['n_patches']} patches)")
             return cached
-        _remove_staging_leftovers(root, name)
+        workspace.recover_dirs(cache_root(root))  # what a killed build left behind
         return _build(root, config, inputs, name, log)
-
-
-def _remove_staging_leftovers(root: Path, name: str) -> None:
-    """Staging folders a killed build left behind (we hold the build lock, so none is in use)."""
-    for leftover in cache_root(root).glob(f".{name}.staging-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _build(root: Path, config: RunConfig, inputs: dict, name: str, log) -> FeatureCache:

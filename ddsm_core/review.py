@@ -214,6 +214,7 @@ def best_epoch(root: Path, run_id: str) -> int | None:
 # ---------------------------------------------------------------- one run's predictions on a split
 
 def read_metrics(root: Path, run_id: str, split: str = "test") -> dict | None:
+    runs.finish_results(root, run_id, split)
     return workspace.read_json(runs.metrics_file(root, run_id, split))
 
 
@@ -239,6 +240,7 @@ class RunResults:
 
     @classmethod
     def load(cls, root: Path, run_id: str, split: str = "test") -> RunResults | None:
+        runs.finish_results(root, run_id, split)
         path = runs.predictions_file(root, run_id, split)
         if not path.exists():
             return None

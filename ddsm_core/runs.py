@@ -118,6 +118,17 @@ def metrics_file(root: Path, run_id: str, split: str) -> Path:
     return metrics_dir(root, run_id) / f"{split}.json"
 
 
+def results_journal(root: Path, run_id: str, split: str) -> Path:
+    """Lists the renames of an evaluation's predictions + metrics while they are replaced together."""
+    return metrics_dir(root, run_id) / f".{split}.replacing.json"
+
+
+def finish_results(root: Path, run_id: str, split: str) -> None:
+    """Readers call this first: an evaluation killed while replacing its two files is completed
+    (workspace.write_together), so predictions and metrics are always of one evaluation."""
+    workspace.finish_together(results_journal(root, run_id, split))
+
+
 def train_log(root: Path, run_id: str) -> Path:
     return folder(root, run_id) / "train.log"
 

@@ -8,9 +8,11 @@ Layout (a contract other tools rely on):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,17 +64,60 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # e.g. a full disk: name the file we were writing, not the temp file
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_together(writes: dict, journal: Path) -> None:
+    """Write several files ({path: write(temp_path)}) so that, even if the process is killed, they are all the
+    old ones or all the new ones once finish_together(journal) has run (their readers call it first).
+
+    Each file is written whole beside its target; then the journal, written atomically, lists the renames;
+    then they happen and the journal goes. Killed before the journal: the old files stand. After it: any
+    finish_together completes the renames.
+    """
+    staged = {}
+    try:
+        for path, write in writes.items():
+            staged[Path(path)] = tmp = _temp_beside(Path(path), ".tmp")
+            write(tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        write_json(journal, {str(tmp): str(path) for path, tmp in staged.items()})
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    finish_together(journal)
+
+
+def finish_together(journal: Path) -> None:
+    """Complete the renames of a write_together journal, if one is left (idempotent; safe in parallel)."""
+    try:
+        renames = read_json(journal)
+    except (OSError, ValueError):
+        return  # vanished under us: another reader finished it
+    for tmp, path in (renames or {}).items():
+        with contextlib.suppress(FileNotFoundError):  # moved already
+            os.replace(tmp, path)
+    Path(journal).unlink(missing_ok=True)
 
 
 def write_text(path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def json_text(obj) -> str:
+    """How every JSON file in the workspace is written (numpy values and paths allowed)."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_parquet(path, frame: pd.DataFrame) -> None:
@@ -119,9 +164,42 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def staging_dir(parent: Path, name: str) -> Path:
-    """A hidden temp folder beside where `name` will live (same filesystem)."""
+    """A hidden temp folder beside where `name` will live (same filesystem), tagged with our pid so that a
+    later recover_dirs can tell a killed build's leftovers from a build still under way."""
     Path(parent).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-{os.getpid()}-", dir=parent))
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.staging-(?P<pid>\d+)-[^.]+$")
+_ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def recover_dirs(parent: Path) -> None:
+    """Undo what a process killed inside staging_dir/replace_dir left in `parent`: its staging folders are
+    deleted; a folder it had renamed aside is put back when nothing replaced it, else deleted. Folders of
+    live processes are left alone. Idempotent, so any reader or writer may call it."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for entry in sorted(parent.iterdir()):
+        found = _STAGING.match(entry.name) or _ASIDE.match(entry.name)
+        if not found or _alive(int(found["pid"])):
+            continue
+        target = parent / found["name"]
+        if found.re is _ASIDE and not target.exists():
+            os.replace(entry, target)  # killed between the two renames: the old folder is still the current one
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def file_sha256(path: Path) -> str:

@@ -28,6 +28,8 @@ def resolve_inside(folder: Path, filename: str) -> tuple[Path | None, str | None
     path = (folder / relative).resolve()
     if not path.is_relative_to(folder.resolve()):
         return None, "path leaves the image folder (through a link)"
+    if path.is_dir():
+        return None, "is a folder, not an image file"
     if not path.is_file():
         return None, "file not found"
     if not os.access(path, os.R_OK):

@@ -8,6 +8,10 @@ import numpy as np
 from PIL import Image
 
 SUPPORTED_MODES = {"L": 1, "RGB": 3}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")  # how Pillow opens a 16-bit grayscale PNG
+# A patch is at most a few thousand pixels a side; Pillow's own bomb limit (89 M pixels) would still let a
+# 9,000 x 9,000 file through to be decoded whole. Checked from the header, before any decoding.
+MAX_PATCH_PIXELS = 4096 * 4096
 # The grayscale rule: in float32, each of R, G, B times its ITU-R BT.601 luma weight (Pillow's convert("L")),
 # the three products summed, rounded half to even. The weights sum to one, so a gray patch saved as RGB comes
 # back as itself. Multiply-then-sum is spelled the same way in numpy and TensorFlow so they agree to the bit
@@ -20,14 +24,36 @@ def read_image(path) -> np.ndarray:
 
     Raises ValueError with a short reason when the file is not such an image.
     """
+    array = read_pixels(path)
+    if array.dtype != np.uint8:
+        raise ValueError("16-bit image (expected 8-bit grayscale or RGB)")
+    return array
+
+
+def read_pixels(path) -> np.ndarray:
+    """Like read_image, but a 16-bit grayscale file comes back as its (H, W) uint16 pixels (for to_8bit)."""
     try:
         with Image.open(path) as image:
+            _check_header(image)
             image.load()
-            if image.mode not in SUPPORTED_MODES:
-                raise ValueError(f"unsupported image mode {image.mode} (expected 8-bit grayscale or RGB)")
             return np.asarray(image)
+    except Image.DecompressionBombError:
+        raise ValueError(f"image too large to be a patch (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") \
+            from None
     except (OSError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise ValueError("not a decodable image") from error
+
+
+def _check_header(image: Image.Image) -> None:
+    width, height = image.size
+    if width * height == 0:
+        raise ValueError(f"image has no pixels ({width} x {height})")
+    if width * height > MAX_PATCH_PIXELS:
+        raise ValueError(f"image is {width:,} x {height:,} pixels, too large to be a patch "
+                         f"(at most {MAX_PATCH_PIXELS:,} pixels)")
+    if image.mode not in SUPPORTED_MODES and image.mode not in SIXTEEN_BIT_MODES:
+        raise ValueError(f"unsupported image mode {image.mode} (expected 8-bit grayscale or RGB, "
+                         "or 16-bit grayscale)")
 
 
 def to_gray(array: np.ndarray) -> np.ndarray:

@@ -75,9 +75,9 @@ def _read_training(source: Path, staging: Path) -> tuple[list[dict], list[dict]]
                 given = record["filename"].decode("utf-8", "replace") if record["filename"] else ""
                 filename = Path(given).name or f"training10_{file_index}_{record_index:05d}.png"
                 image, reason = _record_problem(record)
-                if reason is None and filename in seen:
-                    reason = f"duplicate filename {filename} (first at {seen[filename]})"
-                seen.setdefault(filename, where)
+                if reason is None and filename.casefold() in seen:  # case-only differences clash on many disks
+                    reason = f"duplicate filename {filename} (first at {seen[filename.casefold()]}, ignoring case)"
+                seen.setdefault(filename.casefold(), where)
                 if reason:
                     bad.append({"where": where, "file": filename, "reason": reason})
                     continue

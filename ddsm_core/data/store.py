@@ -143,6 +143,7 @@ def staging(root: Path, name: str):
     """
     parent = workspace.datasets_dir(root)
     created = _topmost_missing(parent)
+    workspace.recover_dirs(parent)  # what a killed import left behind
     folder = workspace.staging_dir(parent, name)
     try:
         yield folder
@@ -165,6 +166,7 @@ def list_datasets(root: Path) -> list[str]:
     folder = workspace.datasets_dir(root)
     if not folder.exists():
         return []
+    workspace.recover_dirs(folder)  # a dataset a killed import had renamed aside is listed again
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / INFO).exists())
 
 
@@ -180,6 +182,8 @@ def manifest_stamp(root: Path, name: str) -> int:
 
 def load(root: Path, name: str) -> Dataset:
     folder = workspace.dataset_dir(root, name)
+    if not folder.exists():
+        workspace.recover_dirs(folder.parent)
     if not (folder / INFO).exists():
         known = ", ".join(list_datasets(root)) or "none yet"
         raise UserError(f"no dataset named {name!r} in {root} (datasets: {known})")

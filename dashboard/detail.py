@@ -5,6 +5,8 @@ dialog, which the tile grid that asked draws on every run until it is closed
 (patches.patch_grid), so it survives the app's reruns. Both have:
 
 - the patch with window/level and zoom (a magnified crop, movable);
+- for a patch cut from a full mammogram (CBIS-DDSM imports), the downsampled mammogram with the ROI outline
+  and the patch box drawn (ddsm_core.data.cbis_context);
 - its true label (task class and source label), its reviewed label, every class probability;
 - the other runs' predictions on the same patch (same dataset, by filename);
 - Grad-CAM for the predicted and the true class with an opacity slider: computed
@@ -23,6 +25,7 @@ import streamlit as st
 
 from ddsm_core import explain, review, runs, verdicts
 from ddsm_core.compare import patch_across_runs
+from ddsm_core.data import cbis_context
 from ddsm_core.errors import UserError
 from ddsm_core.tasks import SHORT_NAMES, SOURCE_LABELS
 
@@ -160,6 +163,30 @@ def _gradcam(run_id: str, split: str, filename: str, image: np.ndarray, view: tu
                    + (f"; the next {len(wanted) - 1} patches of the queue are computed with it" if len(wanted) > 1 else ""))
 
 
+# ---------------------------------------------------------------- the full-mammogram context
+
+def _full_mammogram(dataset: str, filename: str, width: int) -> None:
+    """The mammogram the patch was cut from, when the dataset keeps one (CBIS-DDSM imports); nothing otherwise."""
+    try:
+        stored = cache.dataset(dataset)
+    except UserError:
+        return
+    if "context" not in stored.manifest.columns:
+        return
+    hit = stored.manifest[stored.manifest["filename"] == filename]
+    if hit.empty or not cbis_context.has_context(hit.iloc[0]):
+        return
+    row = hit.iloc[0]
+    picture = cbis_context.context_picture(stored.folder, row)
+    if picture is None:
+        st.warning(f"The full mammogram of {filename} is missing from the dataset folder ({row['context']}).")
+        return
+    roi = "ROI outline in red, " if cbis_context.stored(row.get("roi_outline")) else ""
+    st.image(picture, width=width,
+             caption=f"Full mammogram {row['source_image']} ({int(row['source_width'])}×{int(row['source_height'])} "
+                     f"pixels): {roi}patch box in yellow")
+
+
 # ---------------------------------------------------------------- the detail
 
 def _other_runs(results, dataset: str) -> list:
@@ -210,6 +237,7 @@ def show(results, filename: str, *, dataset: str, key: str, shortcuts: bool = Fa
             st.image(zoomed(patch.image, *view), width=size,
                      caption=f"{filename} ({patch.image.shape[1]}×{patch.image.shape[0]} pixels"
                              f"{f', {zoom}× zoom' if zoom > 1 else ''})")
+        _full_mammogram(dataset, filename, size)
         _gradcam_section(results, filename, patch.image, view, key, prefetch)
 
     with right:

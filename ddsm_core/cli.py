@@ -30,6 +30,14 @@ def _import_kaggle(args):
     _report_import(dataset)
 
 
+def _import_cbis(args):
+    from .data.cbis import import_cbis
+
+    dataset = import_cbis(args.workspace, args.name, args.source, patch_size=args.patch_size,
+                          normals_per_image=args.normals_per_image, skip_bad=args.skip_bad, replace_existing=args.replace)
+    _report_import(dataset)
+
+
 def _report_import(dataset):
     report = dataset.info["import_report"]
     print(f"imported {dataset.info['n_patches']} patches as dataset {dataset.name!r} into {dataset.folder}")
@@ -233,11 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     kaggle = importer.add_parser(store.KAGGLE, parents=[common], help="the public DDSM patch release (tfrecords + npy)")
     kaggle.add_argument("--name", required=True)
     kaggle.add_argument("--source", required=True)
-    for sub in (seed, kaggle):
+    cbis = importer.add_parser(store.CBIS, parents=[common],
+                               help="CBIS-DDSM (TCIA DICOM download or the JPEG re-release): patches cut from full mammograms")
+    cbis.add_argument("--name", required=True)
+    cbis.add_argument("--source", required=True, help="the folder holding CBIS-DDSM/ and the CSVs, or csv/ and jpeg/")
+    cbis.add_argument("--patch-size", type=int, default=299, help="patch side in pixels (default 299)")
+    cbis.add_argument("--normals-per-image", type=int, default=2, help="normal patches per full mammogram (default 2)")
+    for sub in (seed, kaggle, cbis):
         sub.add_argument("--skip-bad", action="store_true", help="import the good rows, record the bad ones")
         sub.add_argument("--replace", action="store_true", help="replace an existing dataset of that name")
     seed.set_defaults(handler=_import_seed_csv)
     kaggle.set_defaults(handler=_import_kaggle)
+    cbis.set_defaults(handler=_import_cbis)
 
     datasets = commands.add_parser("datasets", parents=[common], help="list datasets")
     datasets.add_argument("--json", action="store_true")
@@ -245,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="write a synthetic DDSM-like dataset in a source layout")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--format", choices=store.FORMATS, default=store.SEED_CSV)
+    synth.add_argument("--format", choices=store.PATCH_FORMATS, default=store.SEED_CSV)
     synth.add_argument("--n-train", type=int, default=600)
     synth.add_argument("--n-test", type=int, default=200)
     synth.add_argument("--size", type=int, default=128)

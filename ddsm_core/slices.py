@@ -33,7 +33,8 @@ __all__ = ["compute", "slice_columns"]
 STANDARD_COLUMNS = frozenset({
     "path", "filename", "label", "split", "group", "width", "height", "channels", "dark_fraction",
     "saturated_block", "noisy", "target", "y", "patient_id", "patient", "mammogram_id", "mammogram",
-    "source_image",
+    "source_image", "source_width", "source_height", "box_x", "box_y", "box_size", "context", "roi_outline",
+    "abnormality_id",  # the CBIS-DDSM importer's: where a patch was cut, and the abnormality's number in its image
 })
 MAX_LEVELS = 12
 MIN_SIZE = 30
@@ -97,7 +98,7 @@ def compute(predictions: pd.DataFrame, manifest: pd.DataFrame, class_names, min_
     result = {"min_size": int(min_size), "n_boot": int(n_boot), "columns": {}}
     for column in slice_columns(rows.drop(columns=["filename"]), max_levels):
         values = rows[column]
-        masks = [(_plain(level), (values == level).to_numpy())
+        masks = [(_plain(level), (values == level).fillna(False).to_numpy(dtype=bool))
                  for level in sorted(values.dropna().unique().tolist(), key=_natural_key)]
         if values.isna().any():
             masks.append((MISSING, values.isna().to_numpy()))

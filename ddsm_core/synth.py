@@ -435,9 +435,10 @@ def write_kaggle(out_dir, n_train: int, n_test: int, size: int = 128, seed: int 
 
 
 def write(out_dir, fmt: str, n_train: int, n_test: int, size: int = 128, seed: int = 0) -> pd.DataFrame:
-    """Write a synthetic source dataset in `fmt` (one of store.FORMATS); returns the truth table."""
-    if fmt not in store.FORMATS:
-        raise UserError(f"The synthetic format must be one of {', '.join(store.FORMATS)}, got {fmt!r}.")
+    """Write a synthetic patch dataset in `fmt` (one of store.PATCH_FORMATS; CBIS-DDSM trees: synth_cbis.write);
+    returns the truth table."""
+    if fmt not in store.PATCH_FORMATS:
+        raise UserError(f"The synthetic format must be one of {', '.join(store.PATCH_FORMATS)}, got {fmt!r}.")
     _check_args(n_train, size, seed)
     _check_args(n_test, size, seed)
     writer = write_seed_csv if fmt == store.SEED_CSV else write_kaggle

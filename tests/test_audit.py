@@ -508,3 +508,17 @@ def test_worker_processes_do_not_rerun_the_callers_main_script(tmp_path, monkeyp
     measured = patches.measure_files(paths, workers=2)
     assert not measured.problems and not marker.exists()
     assert sys.modules["__main__"] is fake_main  # put back
+
+
+def test_nullable_integer_metadata_slices_like_plain_integers():
+    """Importers store integer metadata with gaps (breast density of a normal patch) as pandas' nullable Int64."""
+    predictions, manifest, *_ = _slice_frames(120)
+    numbers = pd.to_numeric(manifest["breast_density"])  # float64, NaN for the five missing
+    plain = slices.compute(predictions, manifest.assign(breast_density=numbers), ["a", "b", "c"], n_boot=20)
+    nullable = slices.compute(predictions, manifest.assign(breast_density=numbers.astype("Int64")), ["a", "b", "c"],
+                              n_boot=20)
+    entries = nullable["columns"]["breast_density"]
+    assert [e["value"] for e in entries] == [1, 2, 3, 4, slices.MISSING] and entries[-1]["n"] == 5
+    assert [{k: v for k, v in e.items() if k != "value"} for e in entries] == \
+        [{k: v for k, v in e.items() if k != "value"} for e in plain["columns"]["breast_density"]]
+    json.dumps(entries)

@@ -1,5 +1,7 @@
-"""The one grayscale rule: numpy (the dashboard, the importers) and tf.data (the model) give the same levels."""
+"""The one grayscale rule: numpy (the dashboard, the importers) and tf.data (the model) give the same levels; the one
+16-bit window."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from ddsm_core.data.images import read_gray, to_gray
@@ -23,3 +25,16 @@ def test_a_gray_patch_saved_as_rgb_stays_itself():
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(to_gray(np.stack([levels] * 3, axis=-1)), levels)
     assert np.array_equal(to_gray(levels[..., None]), levels)
+
+
+@pytest.mark.parametrize("monochrome1", [False, True])
+@pytest.mark.parametrize("shape, top", [((1, 1), 4095), ((5, 7), 4095), ((64, 64), 65535), ((300, 200), 255)])
+def test_the_16_bit_window_equals_numpy_percentiles(shape, top, monochrome1):
+    """window_of counts a histogram instead of sorting: the numbers must be np.percentile's, inversion included."""
+    from ddsm_core.data.images import HIGH_PERCENTILE, LOW_PERCENTILE, window_of
+
+    dtype = np.uint8 if top == 255 else np.uint16
+    pixels = np.random.default_rng(top).integers(0, top + 1, shape).astype(dtype)
+    oriented = (np.iinfo(dtype).max - pixels.astype(np.float64)) if monochrome1 else pixels
+    expected = np.percentile(oriented, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    assert window_of(pixels, monochrome1) == pytest.approx(tuple(expected), abs=1e-9)

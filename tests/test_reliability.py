@@ -179,6 +179,23 @@ def _labels_with(value: int) -> Callable[[np.ndarray], np.ndarray]:
     return edit
 
 
+def _cbis(layout: str, bad: tuple = (), edit: Callable[[Path], None] | None = None) -> Callable[[Path, dict], list]:
+    """A small CBIS-DDSM tree in `layout`, with one planted bad row (synth_cbis's kinds) or an edit of its files."""
+    def mutate(src: Path, good: dict) -> list:
+        from ddsm_core import synth_cbis
+
+        synth_cbis.write(src / "cbis", layout, n_images=6, seed=5, bad=bad)
+        if edit:
+            edit(src / "cbis")
+        return ["import", "cbis-ddsm", "--workspace", good["root"], "--name", "new", "--source", src / "cbis",
+                "--patch-size", "64"]
+    return mutate
+
+
+def _first_case_csv(folder: Path) -> Path:
+    return sorted(folder.rglob("mass_case_description_train_set.csv"))[0]
+
+
 def _review_file(src: Path, good: dict, rows: list[dict], header: str = ",".join(verdicts.COLUMNS)) -> list:
     path = src / "verdicts.csv"
     lines = [header] + [",".join(str(row.get(c, "")) for c in header.split(",")) for row in rows]
@@ -286,6 +303,25 @@ BAD_INPUT = [
          "not a readable .npy file"),
     Case("kaggle-missing-file", "a tfrecord file missing",
          _kaggle_mutating(lambda k: (k / "training10_4.tfrecords").unlink()), "kaggle", "missing training10_4.tfrecords"),
+    # ---- cbis-ddsm importer (one planted bad row each; the first abnormality is line 2 of the mass train CSV)
+    Case("cbis-missing-series", "ROI series folder missing (TCIA)", _cbis("tcia", ("missing",)),
+         "mass_case_description_train_set.csv line 2", "series folder not found"),
+    Case("cbis-unreadable-dicom", "ROI mask file is not DICOM (TCIA)", _cbis("tcia", ("unreadable",)),
+         "mass_case_description_train_set.csv line 2", "not a readable DICOM image"),
+    Case("cbis-mask-size", "ROI mask 8 rows shorter than its mammogram (TCIA)", _cbis("tcia", ("mask_size",)),
+         "mass_case_description_train_set.csv line 2", "but its full mammogram is"),
+    Case("cbis-empty-mask", "ROI mask all zero (TCIA)", _cbis("tcia", ("empty_mask",)),
+         "mass_case_description_train_set.csv line 2", "mask is empty"),
+    Case("cbis-missing-jpeg", "ROI JPEG missing (JPEG re-release)", _cbis("jpeg", ("missing",)),
+         "mass_case_description_train_set.csv line 2", "file not found"),
+    Case("cbis-unknown-pathology", "pathology 'MAYBE' in a case CSV",
+         _cbis("tcia", edit=lambda c: _set(_first_case_csv(c), "pathology", 0, "MAYBE")),
+         "mass_case_description_train_set.csv line 2", "is not one of MALIGNANT"),
+    Case("cbis-no-csvs", "a folder without the case description CSVs",
+         _cbis("tcia", edit=lambda c: [p.unlink() for p in c.rglob("*_case_description_*_set.csv")]), "cbis",
+         "no case description CSV found"),
+    Case("cbis-patch-size", "patch size 8", lambda s, g: [*_cbis("tcia")(s, g)[:-1], "8"], "--patch-size",
+         "must be at least 32"),
     # ---- commands that take user input
     Case("train-unknown-dataset", "train on a dataset that does not exist",
          lambda s, g: [*_train(g)[:4], "nope", *_train(g)[5:]], "'nope'", "no dataset named"),

@@ -25,9 +25,10 @@ from . import noise
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SPLITS = ("train", "test")
-SEED_CSV, KAGGLE = "seed-csv", "kaggle"
+SEED_CSV, KAGGLE, CBIS = "seed-csv", "kaggle", "cbis-ddsm"
 INFO, MANIFEST = "dataset.json", "manifest.parquet"  # a dataset folder's two files
-FORMATS = (SEED_CSV, KAGGLE)  # the source layouts the importers read (import <format>), as dataset.json names them
+FORMATS = (SEED_CSV, KAGGLE, CBIS)  # the source layouts the importers read (import <format>), as dataset.json names them
+PATCH_FORMATS = (SEED_CSV, KAGGLE)  # the layouts of ready-cut patches (what `synth` writes)
 PATIENT_PREFIX = re.compile(r"^(P_\d+)")
 
 

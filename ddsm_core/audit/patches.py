@@ -24,12 +24,7 @@ Per patch (a uint8 grayscale array, any size), from `measure(image)`:
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
-import types
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import imagehash
@@ -39,6 +34,7 @@ from PIL import Image, ImageFilter
 
 from ..data import noise
 from ..data.images import read_gray
+from ..processes import spawn_pool
 
 HASH_SIZE = 16  # pHash side: HASH_SIZE**2 bits
 HASH_BITS = HASH_SIZE * HASH_SIZE
@@ -172,7 +168,7 @@ def measure_files(paths: list[str], workers: int | None = None, progress=None, c
     """`measure` every file, in order, over `workers` processes; progress(done, total) after each chunk.
 
     Workers are spawned, not forked: the caller may hold threads (a test process with TensorFlow loaded),
-    and they do not re-run the caller's __main__ (`_without_main`).
+    and they do not re-run the caller's __main__ (processes.spawn_pool).
     An unreadable file gives zero rows and an entry in `problems` rather than stopping the audit.
     """
     workers = workers or default_workers()
@@ -184,25 +180,11 @@ def measure_files(paths: list[str], workers: int | None = None, progress=None, c
     starts = list(range(0, n, chunk))
     chunks = [list(paths[start:start + chunk]) for start in starts]
     if workers > 1 and n >= POOL_FROM:
-        with _without_main(), ProcessPoolExecutor(max_workers=workers,
-                                                  mp_context=multiprocessing.get_context("spawn")) as pool:
+        with spawn_pool(workers) as pool:
             _collect(pool.map(_measure_chunk, chunks), starts, n, hashes, descriptors, features, problems, progress)
     else:
         _collect(map(_measure_chunk, chunks), starts, n, hashes, descriptors, features, problems, progress)
     return Measured(hashes, descriptors, features, problems)
-
-
-@contextmanager
-def _without_main():
-    """Spawned workers run the parent's __main__ script again before their work; after a Streamlit AppTest
-    (or in a notebook) that script is a dashboard page. The workers need only this module, so the parent's
-    __main__ is set aside while they start and run."""
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
 
 
 def _collect(results, starts, n, hashes, descriptors, features, problems, progress) -> None:

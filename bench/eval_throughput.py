@@ -115,7 +115,10 @@ def machine() -> str:
                    if line.startswith("MemTotal")), "0")
     import tensorflow as tf
 
-    return (f"{os.cpu_count()} cores ({cpu}), {int(memory) / 2**20:.0f} GiB RAM, no GPU; "
+    from ddsm_core.hardware import describe_machine
+
+    flags = " ".join(describe_machine(gpus=0)["cpu_flags"])
+    return (f"{os.cpu_count()} cores ({cpu}; flags {flags}), {int(memory) / 2**20:.0f} GiB RAM, no GPU; "
             f"Python {platform.python_version()}, TensorFlow {tf.__version__}")
 
 

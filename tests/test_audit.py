@@ -166,7 +166,8 @@ def test_grouped_copy_keeps_clusters_on_one_side_of_the_validation_split(tmp_pat
         for copy in range(2):
             name = f"P_{80001 + 2 * (2 * k + copy):05d}_RIGHT_MLO_1.png"
             images.append(leaked_copy(images[k], rng))
-            table.loc[len(table)] = [name, int(table["y"].iloc[k]), name[:7], False]
+            table.loc[len(table)] = [name, int(table["y"].iloc[k]), name[:7], False, "MLO",
+                                     int(table["breast_density"].iloc[k])]
     write_source(tmp_path / "src", {"train": (images, table), "test": (test_images, test)})
     root = tmp_path / "workspace"
     import_source(root, "copies", tmp_path / "src")
@@ -320,7 +321,7 @@ def test_run_findings_judge_test_patches_and_set_the_model_beside_the_probe(work
     predictions = pd.read_parquet(root / "runs" / run_id / "predictions" / "test.parquet")
     assert suspects and {i["filename"] for i in suspects} <= set(predictions["filename"])
     assert set(found["correlations"]) == {"dark_fraction", "saturated_block", "mean", "std", "border_fraction"}
-    assert found["slices"] == {"min_size": slices.MIN_SIZE, "n_boot": slices.N_BOOT, "columns": {}}
+    assert json.loads(json.dumps(found["slices"])) == metrics["slices"]  # the synthetic view and density, as evaluated
     assert audit.load(root, "synth", run_id)["stale"] is False
     (root / "runs" / run_id / "predictions" / "test.parquet").unlink()
     with pytest.raises(UserError, match="evaluate it first"):

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
+from report import write_section  # noqa: E402  (bench/, the script's folder)
 
 from ddsm_core import audit, synth  # noqa: E402
 from ddsm_core.audit import patches  # noqa: E402
 from ddsm_core.data.images import read_gray, write_png  # noqa: E402
 from ddsm_core.data.seed_csv import import_seed_csv  # noqa: E402
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 SECTION = "## Data audit at the release's size"
 CHUNK = 1000
 SIZE = 299
@@ -165,17 +165,6 @@ def full_audit(base: Path, written: dict, workers: int) -> dict:
             "label_recall": len(top & written["flipped"]) / max(k, 1), "k": k,
             "flagged": len([i for i in result["label_issues"] if i["split"] == "train"]),
             "shortcut": {task: entry["auc"] for task, entry in result["shortcut"].items()}}
-
-
-def write_section(body: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end:] if end != -1 else "")
-    REPORT.write_text(text.rstrip() + "\n")
 
 
 def main() -> None:

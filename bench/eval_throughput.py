@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from report import write_section  # noqa: E402  (bench/, the script's folder)
 
 from ddsm_core import synth  # noqa: E402
 from ddsm_core.config import RunConfig  # noqa: E402
@@ -29,7 +30,6 @@ from ddsm_core.data.pipeline import make_dataset  # noqa: E402
 from ddsm_core.inference import load_for_inference, predict  # noqa: E402
 from ddsm_core.models import build_classifier  # noqa: E402
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 SECTION = "## Evaluation throughput"
 
 
@@ -129,18 +129,6 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['backbone']} | {r['size']} px | {r['way']} | {r['n']} | {r['patches_per_s']:.1f} | "
                      f"{r['speedup']:.2f}x | {r['agreement']:.2%} |")
     return "\n".join(lines)
-
-
-def write_section(body: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end:] if end != -1 else "")
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(text.rstrip() + "\n")
 
 
 def main() -> None:

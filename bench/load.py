@@ -33,7 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "bench"))
 
-from page_render import build_workspace, machine, write_section  # noqa: E402
+from page_render import build_workspace, machine  # noqa: E402
+from report import write_section  # noqa: E402
 
 SECTION = "## Load: many dashboard sessions at once"
 CHROMIUM = "/usr/bin/chromium"
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
              "per draw (a few ms each). A session adds only its widget state and the page it is drawing."]
     print("\n".join(lines))
     if not args.no_write:
-        write_section("\n".join(lines), SECTION)
+        write_section("\n".join(lines))
     return 0
 
 

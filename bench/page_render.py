@@ -28,11 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_section  # noqa: E402  (bench/, the script's folder)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-REPORT = PROJECT / "docs" / "PERFORMANCE.md"
 SECTION = "## Dashboard page render"
 APP = str(PROJECT / "streamlit_app.py")
 PAGE_TARGET_S, GALLERY_TARGET_S = 1.0, 0.5
@@ -102,21 +103,6 @@ def time_page(root: Path, run_id: str, page: str, repeats: int, setup=None) -> t
         if at.exception:
             raise SystemExit(f"{page} raised: {[e.value for e in at.exception]}")
     return seconds, len(at.get("image"))
-
-
-def write_section(text: str, section: str = SECTION) -> None:
-    """Replace (or append) a script's section of docs/PERFORMANCE.md, leaving every other section as it is."""
-    current = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = text.rstrip() + "\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: body + "\n", current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + body
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    temporary = REPORT.with_suffix(".md.tmp")
-    temporary.write_text(updated.rstrip() + "\n")
-    temporary.replace(REPORT)
 
 
 def main(argv=None) -> int:
@@ -197,7 +183,6 @@ predicted class, here {predicted} predicted class(es), plus the browser's first 
 """
     if not args.no_write:
         write_section(section)
-        print(f"\nWrote the '{SECTION[3:]}' section of {REPORT.relative_to(PROJECT)}")
     return 0
 
 

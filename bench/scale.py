@@ -35,12 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_section  # noqa: E402  (bench/, the script's folder)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 sys.path.insert(0, str(PROJECT / "bench"))
 
-REPORT = PROJECT / "docs" / "PERFORMANCE.md"
 SECTION = "## Scale"
 DATASET = "ddsm_scale"
 STAGES = ("synth", "import", "load", "features", "heads", "evaluate", "pages", "resnet50")
@@ -393,19 +394,6 @@ runs in the workspace), `AppTest.run()` server-side time after warm-up, median o
 {extrapolation}"""
 
 
-def write_section(text: str) -> None:
-    import re
-
-    current = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = text.rstrip() + "\n"
-    updated = pattern.sub(lambda _: body + "\n", current, count=1) if pattern.search(current) \
-        else current.rstrip() + "\n\n" + body
-    temporary = REPORT.with_suffix(".md.tmp")
-    temporary.write_text(updated.rstrip() + "\n")
-    temporary.replace(REPORT)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-train", type=int, default=RELEASE[0])
@@ -456,7 +444,6 @@ def main(argv=None) -> int:
     print("\n" + text)
     if not args.no_write:
         write_section(text)
-        print(f"Wrote the '{SECTION[3:]}' section of {REPORT.relative_to(PROJECT)}")
     return 0
 
 

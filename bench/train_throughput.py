@@ -7,8 +7,8 @@ then a head retrain from the feature cache against the same head without it.
 Part 1, same model, same precision, same patches (PNGs at --size), one epoch of model.fit each,
 interleaved for --rounds rounds (median reported), in float32 and in the precision `auto` picks here
 (when it is not float32):
-  (a) the seed's way: Keras 2's ImageDataGenerator.flow_from_dataframe (its Keras 3 port,
-      keras.src.legacy): PIL decodes each patch in Python and the batches are handed to fit;
+  (a) the seed's way: what Keras 2's ImageDataGenerator.flow_from_dataframe did, as a public
+      keras.utils.PyDataset: PIL decodes each patch in Python and the batches are handed to fit;
   (b) ours: ddsm_core.data.pipeline.make_dataset (tf.data) feeding fit;
   (c) the ceiling: fit on the patches already decoded into an in-memory array.
 Part 2, the real code path (runs.create_run + training.train_run on a synthetic seed-csv dataset):
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -38,8 +37,8 @@ sys.path.insert(0, str(PROJECT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from report import write_section  # noqa: E402  (bench/, the script's folder)
 
-REPORT = PROJECT / "docs" / "PERFORMANCE.md"
 SECTION = "## Training throughput"
 
 
@@ -63,18 +62,29 @@ def write_patches(folder: Path, n: int, size: int) -> pd.DataFrame:
 
 
 def seed_generator(frame: pd.DataFrame, size: int, batch: int):
-    """What the notebook did: ImageDataGenerator().flow_from_dataframe, grayscale, sparse labels."""
-    # Keras 3 keeps the seed's generator only in a private module (no public one exists): written for 3.15.x
+    """What the notebook's ImageDataGenerator().flow_from_dataframe did (grayscale, sparse labels, shuffled),
+    through Keras 3's public PyDataset: each patch opened and resized by PIL in Python, one batch at a time."""
     import keras
+    from PIL import Image
 
-    if not keras.__version__.startswith("3.15."):
-        raise SystemExit(f"the seed-style generator was checked against Keras 3.15.x, not {keras.__version__}")
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    class SeedStyle(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.order = np.random.default_rng(0).permutation(len(frame))
 
-    frame = frame.assign(label=frame["y"].astype(str))
-    return ImageDataGenerator().flow_from_dataframe(frame, x_col="path", y_col="label", target_size=(size, size),
-                                                    color_mode="grayscale", class_mode="sparse",
-                                                    batch_size=batch, shuffle=True, seed=0, validate_filenames=False)
+        def __len__(self):
+            return -(-len(frame) // batch)
+
+        def __getitem__(self, index):
+            rows = frame.iloc[self.order[index * batch:(index + 1) * batch]]
+            images = [np.asarray(Image.open(path).convert("L").resize((size, size), Image.NEAREST), np.float32)
+                      for path in rows["path"]]
+            return np.stack(images)[..., None], rows["y"].to_numpy()
+
+        def on_epoch_end(self):
+            self.order = np.random.default_rng(len(self.order)).permutation(len(frame))
+
+    return SeedStyle()
 
 
 def in_memory(frame: pd.DataFrame, size: int) -> np.ndarray:
@@ -108,7 +118,7 @@ def bench_pipelines(frame: pd.DataFrame, args, precision: str) -> list[dict]:
     y = frame["y"].to_numpy()
     model = build(args.backbone, size, precision)
     ways = {
-        "a": ("seed: ImageDataGenerator.flow_from_dataframe (PIL in Python)",
+        "a": ("seed-style: PIL in Python per patch (PyDataset)",
               lambda: seed_generator(frame, size, batch), {}),
         "b": ("ours: make_dataset (tf.data)",
               lambda: make_dataset(frame["path"], y, size, batch, shuffle=True), {}),
@@ -279,8 +289,9 @@ rate below is lower, and noisier, than on a quiet machine.
 Same model ({args.backbone} at {args.size} px, random weights, five classes, Adam), same {args.patches}
 synthetic PNG patches, batch {args.batch_size}, one epoch of `model.fit` per row; the three inputs are
 interleaved over {args.rounds} rounds after a warm-up that traces each one, and the median is shown.
-(a) is the seed's way: Keras 2's `ImageDataGenerator().flow_from_dataframe` (its Keras 3 port in
-`keras.src.legacy`), PIL decoding each patch in Python; (b) is `ddsm_core.data.pipeline.make_dataset`
+(a) is the seed's way: what Keras 2's `ImageDataGenerator().flow_from_dataframe` did, as a public
+`keras.utils.PyDataset` (PIL decoding and resizing each patch in Python, shuffled batches);
+(b) is `ddsm_core.data.pipeline.make_dataset`
 (tf.data, parallel decoding, prefetch), what `train` uses; (c) is fit on the patches already decoded into one
 in-memory array, the most any input pipeline can give.
 
@@ -299,15 +310,7 @@ build, which computes the features of every patch of the dataset (train and test
 {verdict}
 """
     if not args.no_write:
-        current = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-        pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-        body = section.rstrip() + "\n"
-        updated = pattern.sub(lambda _: body + "\n", current, count=1) if pattern.search(current) \
-            else current.rstrip() + "\n\n" + body
-        temporary = REPORT.with_suffix(".md.tmp")
-        temporary.write_text(updated.rstrip() + "\n")
-        temporary.replace(REPORT)
-        print(f"\nWrote the '{SECTION[3:]}' section of {REPORT.relative_to(PROJECT)}")
+        write_section(section)
     return 0
 
 

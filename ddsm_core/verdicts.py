@@ -130,7 +130,7 @@ def _with_db(root, work, write: bool):
                 with _transaction(conn):
                     return work(conn)
         except sqlite3.OperationalError as error:
-            if "full" in str(error):  # SQLITE_FULL: the transaction was rolled back, nothing half-written
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:  # rolled back: nothing half-written
                 raise UserError(f"{database_path(root)}: the disk is full ({error}): nothing was recorded, "
                                 "the verdicts already stored are unchanged") from None
             if "locked" not in str(error) and "busy" not in str(error):

@@ -42,7 +42,6 @@ def inference_function(model, size: int, precision: str = "float32", jit: bool =
     graph to that precision. With jit the model is compiled by XLA instead.
     """
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     if precision not in GRAPPLER_PRECISION and precision != "float32":
         raise UserError(f"unknown precision {precision!r}: use auto, float32, {' or '.join(GRAPPLER_PRECISION)}")
@@ -51,14 +50,31 @@ def inference_function(model, size: int, precision: str = "float32", jit: bool =
     function = tf.function(lambda batch: model(batch, training=False), jit_compile=jit or None)
     if jit:
         return function
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function(tf.TensorSpec([None, size, size, 1])))
+    frozen = _frozen(function.get_concrete_function(tf.TensorSpec([None, size, size, 1])))
     rewrite = GRAPPLER_PRECISION.get(precision)
 
     def infer(batch):
         with _grappler_option(rewrite):
-            return frozen(batch)[0]
+            output = frozen(batch)
+            return output[0] if isinstance(output, list | tuple) else output
 
     return infer
+
+
+FROZEN_ON_TF = "2.21."  # the TensorFlow versions _frozen's private function was checked against
+
+
+def _frozen(concrete):
+    """The concrete function with its weights as constants (so grappler folds batch norm into the
+    convolutions). TensorFlow 2 has no public API for it: the internal convert_variables_to_constants_v2 is
+    used on the checked versions only; elsewhere the unfrozen function serves (same results, less folding)."""
+    import tensorflow as tf
+
+    if not tf.__version__.startswith(FROZEN_ON_TF):
+        return concrete
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(concrete)
 
 
 @contextmanager

@@ -206,3 +206,20 @@ def test_metrics_per_metadata_slice_are_stored_with_the_evaluation(trained_works
         if entry["accuracy"] is not None:
             assert entry["accuracy"] == pytest.approx((chosen["y_true"] == chosen["y_pred"]).mean(), abs=1e-9)
     assert result["slices"] == json.loads(json.dumps(slices.compute(frame, manifest, get_task(0).class_names)))
+
+
+def test_the_evaluator_works_unfrozen_on_a_tensorflow_it_was_not_checked_on(monkeypatch):
+    """Freezing uses a TensorFlow-internal function, only on the checked versions; elsewhere the plain
+    concrete function gives the same probabilities."""
+    import tensorflow as tf
+
+    from ddsm_core import inference
+    from ddsm_core.models import build_classifier
+
+    model = build_classifier("small_cnn", 5, 32)
+    batch = tf.constant(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32) * 255)
+    frozen = np.asarray(inference.inference_function(model, 32)(batch))
+    monkeypatch.setattr(inference, "FROZEN_ON_TF", "0.0.")
+    plain = np.asarray(inference.inference_function(model, 32)(batch))
+    assert frozen.shape == plain.shape == (4, 5)
+    assert np.allclose(frozen, plain, atol=1e-5)

@@ -21,6 +21,26 @@ def test_numpy_and_tf_data_gray_every_rgb_colour_alike(tmp_path):
     assert np.array_equal(read_gray(tmp_path / "every.png"), gray)
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P"])
+def test_every_png_kind_decodes_to_the_same_levels_resized_or_not(tmp_path, mode):
+    """Grey files skip the colour conversion, and files already at size skip the resize: both shortcuts must
+    give exactly what the full path (LUMA, then an antialiased bilinear resize, rounded) gives."""
+    import tensorflow as tf
+
+    from ddsm_core.data.pipeline import decode_patch_uint8
+
+    gray = np.random.default_rng(3).integers(0, 256, size=(40, 40), dtype=np.uint8)
+    Image.fromarray(gray, mode="L").convert(mode).save(tmp_path / "patch.png")
+    path = tf.constant(str(tmp_path / "patch.png"))
+    for size in (None, 40):
+        assert np.array_equal(decode_patch_uint8(path, size).numpy()[..., 0], gray)
+    full = tf.image.resize(tf.constant(gray[..., None], tf.float32), (24, 24), method="bilinear", antialias=True)
+    expected = np.clip(np.round(full.numpy()), 0, 255).astype(np.uint8)
+    assert np.array_equal(decode_patch_uint8(path, 24).numpy(), expected)
+    same_size = tf.image.resize(tf.constant(gray[..., None], tf.float32), (40, 40), method="bilinear", antialias=True)
+    assert np.array_equal(np.round(same_size.numpy())[..., 0], gray)  # so skipping that resize changes nothing
+
+
 def test_a_gray_patch_saved_as_rgb_stays_itself():
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(to_gray(np.stack([levels] * 3, axis=-1)), levels)

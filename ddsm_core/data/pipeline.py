@@ -19,15 +19,27 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def decode_patch_uint8(path: tf.Tensor, size: int | None) -> tf.Tensor:
-    """A patch file as (size, size, 1) uint8 grey levels (its own size when size is None)."""
-    raw = tf.io.read_file(path)
-    rgb = tf.io.decode_image(raw, channels=3, expand_animations=False)
-    rgb = tf.cast(rgb, tf.float32)
-    gray = tf.round(tf.reduce_sum(rgb * tf.constant(LUMA, tf.float32), axis=-1, keepdims=True))
+    """A patch file as (size, size, 1) uint8 grey levels (its own size when size is None).
+
+    Grey files (every importer writes them) pass through untouched and unresized when already at size:
+    the same values as the colour path gives them, at a third of the decoding time, which on two cores
+    is time taken from the model. Colour files are converted with LUMA, rounded, as the importers do."""
+    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)  # the file's own channels
+    gray = tf.cond(tf.shape(image)[-1] <= 2, lambda: image[..., :1], lambda: _luma(image[..., :3]))
     gray.set_shape([None, None, 1])
-    if size is not None:
-        gray = tf.round(tf.image.resize(gray, (size, size), method="bilinear", antialias=True))
-    return tf.cast(tf.clip_by_value(gray, 0.0, 255.0), tf.uint8)
+    if size is None:
+        return gray
+    return tf.cond(tf.reduce_all(tf.shape(gray)[:2] == size), lambda: gray, lambda: _resized(gray, size))
+
+
+def _luma(rgb: tf.Tensor) -> tf.Tensor:
+    gray = tf.reduce_sum(tf.cast(rgb, tf.float32) * tf.constant(LUMA, tf.float32), axis=-1, keepdims=True)
+    return tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)
+
+
+def _resized(gray: tf.Tensor, size: int) -> tf.Tensor:
+    resized = tf.image.resize(tf.cast(gray, tf.float32), (size, size), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
 def decode_patch(path: tf.Tensor, size: int | None) -> tf.Tensor:

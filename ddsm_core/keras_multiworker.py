@@ -3,10 +3,12 @@
 It calls and replaces private Keras names, so it holds only for the Keras it was
 written and tested against (WRITTEN_FOR, which the keras pin in requirements.txt
 must match). On another version it refuses with the reason rather than patch
-names that may have moved or changed meaning.
+names that may have moved or changed meaning, and before patching it checks that
+every name it touches exists (missing_names).
 """
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
 
 WRITTEN_FOR = "3.15"  # major.minor of the Keras whose private names this patches
@@ -34,6 +36,27 @@ def check_version() -> None:
         f"tests/test_training.py).")
 
 
+def missing_names() -> list[str]:
+    """Those of PRIVATE_NAMES the installed Keras does not have (a patch release may move one)."""
+    return [name for name in PRIVATE_NAMES if not _resolves(name)]
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether a dotted name (module path, then attributes) exists, importing only the module part."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
 def prepare_fit(model, dataset, strategy) -> None:
     """Make model.fit work under MultiWorkerMirroredStrategy; two private spots:
 
@@ -45,6 +68,8 @@ def prepare_fit(model, dataset, strategy) -> None:
       takes its local value instead.
     """
     check_version()
+    if missing := missing_names():
+        raise RuntimeError(f"multi-worker training cannot work around {ISSUE}: this Keras has no {', '.join(missing)}")
     from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
     with strategy.scope():

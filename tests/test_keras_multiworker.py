@@ -13,6 +13,16 @@ def test_the_pinned_keras_is_the_one_the_workaround_was_written_for():
     keras_multiworker.check_version()
 
 
+def test_every_private_name_the_workaround_touches_exists_in_the_installed_keras():
+    assert keras_multiworker.missing_names() == []
+
+
+def test_a_moved_private_name_is_reported(monkeypatch):
+    moved = ("keras.src.trainers.trainer.Trainer._no_such_build", "keras.src.no_such_module.thing")
+    monkeypatch.setattr(keras_multiworker, "PRIVATE_NAMES", keras_multiworker.PRIVATE_NAMES + moved)
+    assert keras_multiworker.missing_names() == list(moved)
+
+
 @pytest.mark.parametrize("version", ["3.15.0", "3.15.1", "3.15.7"])
 def test_any_patch_release_is_accepted(monkeypatch, version):
     monkeypatch.setattr(keras_multiworker, "installed_version", lambda: version)

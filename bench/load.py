@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "bench"))
 
 from page_render import build_workspace, machine  # noqa: E402
-from report import write_section  # noqa: E402
+from report import add_no_write, command_line, write_section  # noqa: E402
 
 SECTION = "## Load: many dashboard sessions at once"
 CHROMIUM = "/usr/bin/chromium"
@@ -181,9 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--opens", type=int, default=2)
     parser.add_argument("--test-patches", type=int, default=15364)
     parser.add_argument("--keep", type=Path, help="build the workspace here (or reuse it) and keep it")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+    add_no_write(parser)
     args = parser.parse_args(argv)
-    command = "python bench/load.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="ddsm-load-"))
     marker = base / "run_id.txt"
     if marker.exists():

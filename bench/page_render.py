@@ -21,14 +21,13 @@ import contextlib
 import os
 import platform
 import re
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from report import write_section  # noqa: E402  (bench/, the script's folder)
+from report import add_no_write, command_line, write_section  # noqa: E402  (bench/, the script's folder)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parent.parent
@@ -111,10 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-patches", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp dir)")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+    add_no_write(parser)
     args = parser.parse_args(argv)
-    command = "python bench/page_render.py" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])
-                                               if (argv if argv is not None else sys.argv[1:]) else "")
+    command = command_line(__file__, argv)
 
     with tempfile.TemporaryDirectory(prefix="page_render_") as scratch:
         base = args.keep or Path(scratch)

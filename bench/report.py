@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
@@ -24,3 +26,13 @@ def write_section(text: str) -> None:
     temporary.write_text(updated.rstrip() + "\n")
     temporary.replace(REPORT)
     print(f"\nWrote the '{heading[3:]}' section of {REPORT.relative_to(REPORT.parent.parent)}")
+
+
+def add_no_write(parser) -> None:
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that ran a benchmark, as its section quotes it: python bench/<script> <its arguments>."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"bench/{Path(script).name}"] + ([shlex.join(arguments)] if arguments else []))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import write_section  # noqa: E402  (bench/, the script's folder)
+from report import add_no_write, command_line, write_section  # noqa: E402  (bench/, the script's folder)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parent.parent
@@ -408,7 +407,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--resnet-patches", type=int, default=256)
     parser.add_argument("--base", type=Path, help="work folder, kept (a rerun skips finished stages); default: temp")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+    add_no_write(parser)
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -419,7 +418,7 @@ def main(argv=None) -> int:
         return 0
 
     raw = argv if argv is not None else sys.argv[1:]
-    command = "python bench/scale.py" + (" " + shlex.join(raw) if raw else "")
+    command = command_line(__file__, raw)
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine, _ = machine_text()
     log(machine)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(PROJECT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from report import write_section  # noqa: E402  (bench/, the script's folder)
+from report import add_no_write, command_line, write_section  # noqa: E402  (bench/, the script's folder)
 
 SECTION = "## Training throughput"
 
@@ -219,11 +218,10 @@ def main(argv=None) -> int:
     parser.add_argument("--head-epochs", type=int, default=4)
     parser.add_argument("--task", type=int, default=3)
     parser.add_argument("--skip-pipelines", action="store_true", help="part 2 only")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+    add_no_write(parser)
     args = parser.parse_args(argv)
     args.patches -= args.patches % args.batch_size
-    raw = argv if argv is not None else sys.argv[1:]
-    command = "python bench/train_throughput.py" + (" " + shlex.join(raw) if raw else "")
+    command = command_line(__file__, argv)
 
     from ddsm_core import hardware
 

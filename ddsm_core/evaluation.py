@@ -135,8 +135,8 @@ def evaluate_run(root: Path, run_id: str, split: str = "test", checkpoint: str =
                "reviewed_labels": reviewed_metrics(root, config, frame, task),
                "slices": slices.compute(frame, dataset.manifest, task.class_names)}
     workspace.write_together({  # one evaluation's pair, never half of each even if killed
-        runs.predictions_file(root, run_id, split): lambda tmp: frame.to_parquet(tmp, index=False),
-        runs.metrics_file(root, run_id, split): lambda tmp: Path(tmp).write_text(workspace.json_text(result), encoding="utf-8"),
+        runs.predictions_file(root, run_id, split): workspace.parquet_writer(frame),
+        runs.metrics_file(root, run_id, split): workspace.json_writer(result),
     }, runs.results_journal(root, run_id, split))
     log(f"run {run_id}: evaluated {len(paths)} {split} patches from the {source} in {seconds:.1f} s "
         f"({len(paths) / seconds:.0f} patches/s): accuracy {result['accuracy']:.3f}, "

@@ -107,8 +107,21 @@ def finish_together(journal: Path) -> None:
     Path(journal).unlink(missing_ok=True)
 
 
+def text_writer(text: str):
+    """A writer for atomic_write / write_together: the text, as UTF-8."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+
+
+def json_writer(obj):
+    return text_writer(json_text(obj))
+
+
+def parquet_writer(frame: pd.DataFrame):
+    return lambda tmp: frame.to_parquet(tmp, index=False)
+
+
 def write_text(path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, text_writer(text))
 
 
 def json_text(obj) -> str:
@@ -117,11 +130,11 @@ def json_text(obj) -> str:
 
 
 def write_json(path, obj) -> None:
-    write_text(path, json_text(obj))
+    atomic_write(path, json_writer(obj))
 
 
 def write_parquet(path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, parquet_writer(frame))
 
 
 def write_csv(path, frame: pd.DataFrame) -> None:

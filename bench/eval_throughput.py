@@ -1,6 +1,6 @@
 """Evaluation throughput: the seed's way (Keras predict, one patch per batch) against this evaluator,
-side by side in one run, on the same machine, model and patches; then the evaluator against the
-matrix-product ceiling, measured back to back in rounds.
+in one run, one after the other, on the same machine, model and patches; then the evaluator against the
+matrix-product ceiling, measured in interleaved rounds.
 
     python bench/eval_throughput.py [--patches 192] [--small-patches 2000] [--rounds 9]
 
@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -97,24 +98,46 @@ def seed_way(path: Path, paths: list[str], size: int) -> tuple[np.ndarray, float
     return probs, time.perf_counter() - started
 
 
-def evaluator(path: Path, config: RunConfig, paths: list[str], batch: int, precision: str, jit: bool):
-    model = load_for_inference(path, config, precision, jit)
-    predict(model, paths[:batch], config.image_size, batch)  # warm-up
-    started = time.perf_counter()
-    probs = predict(model, paths, config.image_size, batch)
-    return probs, time.perf_counter() - started
+@dataclass
+class Setup:
+    """One backbone's bench material: patch files and a saved model."""
+    backbone: str
+    size: int
+    batch: int
+    paths: list[str]
+    model: Path
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig(dataset="bench", task=0, backbone=self.backbone, image_size=self.size)
 
 
-def bench_backbone(folder: Path, backbone: str, size: int, n: int, batch: int) -> list[dict]:
-    paths = write_patches(folder, n, size)
-    path = saved_model(folder, backbone, size)
-    config = RunConfig(dataset="bench", task=0, backbone=backbone, image_size=size)
-    reference, seconds = seed_way(path, paths, size)
-    rows = [{"backbone": backbone, "size": size, "way": "seed: Keras predict, batch 1, float32",
+def set_up(folder: Path, backbone: str, size: int, n: int, batch: int) -> Setup:
+    return Setup(backbone, size, batch, write_patches(folder, n, size), saved_model(folder, backbone, size))
+
+
+def warm_evaluator(setup: Setup, precision: str, jit: bool = False):
+    """A function running the evaluator over the setup's patches -> (probabilities, seconds); warmed up
+    first, because tracing and grappler are not throughput."""
+    infer = load_for_inference(setup.model, setup.config, precision, jit)
+    predict(infer, setup.paths[:setup.batch], setup.size, setup.batch)
+
+    def run() -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        probs = predict(infer, setup.paths, setup.size, setup.batch)
+        return probs, time.perf_counter() - started
+
+    return run
+
+
+def bench_backbone(setup: Setup) -> list[dict]:
+    n, batch = len(setup.paths), setup.batch
+    reference, seconds = seed_way(setup.model, setup.paths, setup.size)
+    rows = [{"backbone": setup.backbone, "size": setup.size, "way": "seed: Keras predict, batch 1, float32",
              "patches_per_s": n / seconds, "speedup": 1.0, "agreement": 1.0}]
     for precision, jit in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
-        probs, seconds = evaluator(path, config, paths, batch, precision, jit)
-        rows.append({"backbone": backbone, "size": size,
+        probs, seconds = warm_evaluator(setup, precision, jit)()
+        rows.append({"backbone": setup.backbone, "size": setup.size,
                      "way": f"evaluator, batch {batch}, {precision}{', XLA' if jit else ''}",
                      "patches_per_s": n / seconds, "agreement": float((probs.argmax(1) == reference.argmax(1)).mean())})
     base = rows[0]["patches_per_s"]
@@ -153,30 +176,20 @@ def in_rounds(measures: dict, rounds: int) -> dict[str, list[float]]:
     return results
 
 
-def evaluator_rate(path: Path, config: RunConfig, paths: list[str], batch: int, precision: str):
-    """A function measuring the evaluator's patches/s over paths (warmed up: tracing is not throughput)."""
-    infer = load_for_inference(path, config, precision)
-    predict(infer, paths[:batch], config.image_size, batch)
-
-    def measure() -> float:
-        started = time.perf_counter()
-        predict(infer, paths, config.image_size, batch)
-        return len(paths) / (time.perf_counter() - started)
-
-    return measure
+def evaluator_rate(setup: Setup, precision: str):
+    """A function measuring the evaluator's patches/s over the setup's patches."""
+    run = warm_evaluator(setup, precision)
+    return lambda: len(setup.paths) / run()[1]
 
 
-def ceiling_shares(folder: Path, n: int, small_n: int, rounds: int) -> tuple[list[dict], dict]:
+def ceiling_shares(resnet: Setup, small: Setup, rounds: int) -> tuple[list[dict], dict]:
     """ResNet50's evaluator in each precision against that precision's matrix-product ceiling, the share
     taken within each round; and small_cnn's bfloat16 over float32 speed, also within each round."""
     precisions = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
-    paths = write_patches(folder, n, 299)
-    config = RunConfig(dataset="bench", task=0, backbone="resnet50", image_size=299)
-    path = saved_model(folder, "resnet50", 299)
     measures = {}
     for precision, dtype in precisions.items():
         measures[f"ceiling {dtype}"] = matmul_ceiling(dtype)
-        measures[precision] = evaluator_rate(path, config, paths, 32, precision)
+        measures[precision] = evaluator_rate(resnet, precision)
     rates = in_rounds(measures, rounds)
     rows = []
     for precision, dtype in precisions.items():
@@ -187,14 +200,10 @@ def ceiling_shares(folder: Path, n: int, small_n: int, rounds: int) -> tuple[lis
                      "reached": statistics.median(rates[precision]) * RESNET50_GFLOP,
                      "ceiling": statistics.median(tops), "ceiling_range": (min(tops), max(tops)),
                      "share": statistics.median(shares), "share_range": (min(shares), max(shares))})
-    small_paths = write_patches(folder, small_n, 64)
-    small_config = RunConfig(dataset="bench", task=0, backbone="small_cnn", image_size=64)
-    small_path = saved_model(folder, "small_cnn", 64)
-    small = in_rounds({precision: evaluator_rate(small_path, small_config, small_paths, 256, precision)
-                       for precision in precisions}, rounds)
-    ratios = [bf16 / f32 for bf16, f32 in zip(small["mixed_bfloat16"], small["float32"])]
-    return rows, {"float32": statistics.median(small["float32"]),
-                  "mixed_bfloat16": statistics.median(small["mixed_bfloat16"]),
+    speeds = in_rounds({precision: evaluator_rate(small, precision) for precision in precisions}, rounds)
+    ratios = [bf16 / f32 for bf16, f32 in zip(speeds["mixed_bfloat16"], speeds["float32"])]
+    return rows, {"float32": statistics.median(speeds["float32"]),
+                  "mixed_bfloat16": statistics.median(speeds["mixed_bfloat16"]),
                   "ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios))}
 
 
@@ -241,10 +250,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="rounds of the ceiling measurements")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        rows = bench_backbone(Path(folder), "resnet50", 299, args.patches, 32)
-        rows += bench_backbone(Path(folder), "small_cnn", 64, args.small_patches, 256)
-    with tempfile.TemporaryDirectory() as folder:
-        shares, small = ceiling_shares(Path(folder), args.patches, args.small_patches, args.rounds)
+        resnet = set_up(Path(folder), "resnet50", 299, args.patches, 32)
+        small_cnn = set_up(Path(folder), "small_cnn", 64, args.small_patches, 256)
+        rows = bench_backbone(resnet) + bench_backbone(small_cnn)
+        shares, small = ceiling_shares(resnet, small_cnn, args.rounds)
     report = table(rows)
     print(report)
     resnet = {r["way"]: r for r in rows if r["backbone"] == "resnet50"}

@@ -64,6 +64,9 @@ class Server:
                     break
             except OSError:
                 time.sleep(0.25)
+        else:
+            self.process.kill()
+            raise RuntimeError(f"the dashboard did not answer on {self.url}/_stcore/health within 60 s")
         threading.Thread(target=self._sample, daemon=True).start()
 
     def rss_kib(self) -> int:

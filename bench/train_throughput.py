@@ -69,7 +69,8 @@ def seed_generator(frame: pd.DataFrame, size: int, batch: int):
     class SeedStyle(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
-            self.order = np.random.default_rng(0).permutation(len(frame))
+            self.epoch = 0
+            self.order = np.random.default_rng(self.epoch).permutation(len(frame))
 
         def __len__(self):
             return -(-len(frame) // batch)
@@ -81,7 +82,8 @@ def seed_generator(frame: pd.DataFrame, size: int, batch: int):
             return np.stack(images)[..., None], rows["y"].to_numpy()
 
         def on_epoch_end(self):
-            self.order = np.random.default_rng(len(self.order)).permutation(len(frame))
+            self.epoch += 1  # a new order each epoch, as ImageDataGenerator's shuffle gives
+            self.order = np.random.default_rng(self.epoch).permutation(len(frame))
 
     return SeedStyle()
 

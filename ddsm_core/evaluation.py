@@ -85,7 +85,6 @@ def predictions_frame(rows: pd.DataFrame, paths: list[str], probs: np.ndarray, t
 
 
 def already_done(root: Path, run_id: str, split: str, sha: str, precision: str) -> dict | None:
-    runs.finish_results(root, run_id, split)
     stored = workspace.read_json(runs.metrics_file(root, run_id, split))
     if stored and stored.get("checkpoint_sha256") == sha and stored.get("precision") == precision \
             and runs.predictions_file(root, run_id, split).exists():
@@ -180,9 +179,16 @@ def reviewed_metrics(root: Path, config: RunConfig, frame: pd.DataFrame, task: T
 
 def _update_reviewed(root: Path, run_id: str, split: str, config: RunConfig, frame: pd.DataFrame,
                      stored: dict) -> dict:
-    """Verdicts change without the checkpoint changing: refresh the reviewed-label metrics alone."""
-    reviewed = reviewed_metrics(root, config, frame, get_task(config.task))
+    """Verdicts change without the checkpoint changing: refresh the reviewed-label metrics alone. An
+    evaluation stored before slices were part of it gets them too (from the stored predictions)."""
+    task = get_task(config.task)
+    updates = {}
+    reviewed = reviewed_metrics(root, config, frame, task)
     if reviewed != stored.get("reviewed_labels"):
-        stored = stored | {"reviewed_labels": reviewed}
+        updates["reviewed_labels"] = reviewed
+    if "slices" not in stored:
+        updates["slices"] = slices.compute(frame, store.load(root, config.dataset).manifest, task.class_names)
+    if updates:
+        stored = stored | updates
         workspace.write_json(runs.metrics_file(root, run_id, split), stored)
     return stored

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs, workspace
+from . import processes, runs, workspace
 from .config import RunConfig
 from .errors import UserError
 from .tasks import get_task
@@ -209,7 +209,7 @@ def start_job(root: Path, run_id: str, filenames, split: str = "test") -> int | 
     runs.checkpoint_file(root, run_id, "best")  # refuses a run that has not finished an epoch
     wanted = [name for name in filenames if load_cached(root, run_id, name) is None]
     job = workspace.read_json(runs.explain_job_file(root, run_id)) or {}
-    if not wanted or (runs.pid_alive(job.get("pid")) and set(wanted) <= set(job.get("filenames") or [])):
+    if not wanted or (processes.pid_alive(job.get("pid")) and set(wanted) <= set(job.get("filenames") or [])):
         return None
     args = ["explain", "--run", run_id, "--split", split, "--workspace", root]
     args += [f"--filename={name}" for name in wanted]  # the = form: a filename may start with a dash
@@ -226,7 +226,7 @@ def job_state(root: Path, run_id: str, filename: str) -> dict:
     job = workspace.read_json(runs.explain_job_file(root, run_id)) or {}
     if filename not in (job.get("filenames") or []):
         return {"state": "none", "message": ""}
-    if runs.pid_alive(job.get("pid")):
+    if processes.pid_alive(job.get("pid")):
         return {"state": "running", "message": f"computing Grad-CAM since {job.get('started')}"}
     if load_cached(root, run_id, filename) is not None:  # the job finished between the two looks
         return {"state": "cached", "message": ""}

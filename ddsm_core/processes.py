@@ -1,5 +1,5 @@
 """The one way ddsm_core starts worker processes (the audit's per-patch pass, the CBIS-DDSM importer's
-per-mammogram work)."""
+per-mammogram work), and the one way it asks whether a process still lives."""
 from __future__ import annotations
 
 import multiprocessing
@@ -7,6 +7,7 @@ import sys
 import types
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -26,3 +27,14 @@ def spawn_pool(workers: int):
     finally:
         pool.shutdown(cancel_futures=True)
         sys.modules["__main__"] = main
+
+
+def pid_alive(pid) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) counts as dead."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import jobs, runs, workspace
+from . import jobs, processes, runs, workspace
 from .data import store
 from .data.images import read_gray
 from .errors import UserError
@@ -214,7 +214,6 @@ def best_epoch(root: Path, run_id: str) -> int | None:
 # ---------------------------------------------------------------- one run's predictions on a split
 
 def read_metrics(root: Path, run_id: str, split: str = "test") -> dict | None:
-    runs.finish_results(root, run_id, split)
     return workspace.read_json(runs.metrics_file(root, run_id, split))
 
 
@@ -240,7 +239,6 @@ class RunResults:
 
     @classmethod
     def load(cls, root: Path, run_id: str, split: str = "test") -> RunResults | None:
-        runs.finish_results(root, run_id, split)
         path = runs.predictions_file(root, run_id, split)
         if not path.exists():
             return None
@@ -485,7 +483,7 @@ def evaluation_state(root: Path, run_id: str) -> dict:
     job = workspace.read_json(runs.evaluate_job_file(root, run_id))
     if not job:
         return {"state": "none", "message": ""}
-    if runs.pid_alive(job.get("pid")):
+    if processes.pid_alive(job.get("pid")):
         return {"state": "running", "message": f"evaluating the {job.get('split', 'test')} split since {job['started']}"}
     tail = log_tail(runs.evaluate_log(root, run_id))
     user_error = any(line.startswith("error: ") for line in tail.splitlines())  # the CLI's own error lines

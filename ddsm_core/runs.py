@@ -41,6 +41,7 @@ from .config import (
 from .data import store
 from .errors import UserError
 from .models import get_backbone
+from .processes import pid_alive
 from .tasks import get_task
 
 # status.json holds one of the first five; a run marked running whose trainer died (no process holds its
@@ -102,6 +103,8 @@ def predictions_dir(root: Path, run_id: str) -> Path:
 
 
 def predictions_file(root: Path, run_id: str, split: str) -> Path:
+    """The split's predictions; like metrics_file, it first completes a replacement a killed evaluation left."""
+    finish_results(root, run_id, split)
     return predictions_dir(root, run_id) / f"{split}.parquet"
 
 
@@ -115,6 +118,9 @@ def metrics_dir(root: Path, run_id: str) -> Path:
 
 
 def metrics_file(root: Path, run_id: str, split: str) -> Path:
+    """The split's metrics. Every reader and writer of the pair gets its path here, so a replacement a killed
+    evaluation left half done is completed first (finish_results): the two are always of one evaluation."""
+    finish_results(root, run_id, split)
     return metrics_dir(root, run_id) / f"{split}.json"
 
 
@@ -124,8 +130,8 @@ def results_journal(root: Path, run_id: str, split: str) -> Path:
 
 
 def finish_results(root: Path, run_id: str, split: str) -> None:
-    """Readers call this first: an evaluation killed while replacing its two files is completed
-    (workspace.write_together), so predictions and metrics are always of one evaluation."""
+    """Complete the replacement of an evaluation's two files if one was killed half way
+    (workspace.write_together); costs one stat when none was."""
     workspace.finish_together(results_journal(root, run_id, split))
 
 
@@ -304,17 +310,6 @@ def is_locked(root: Path, run_id: str) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
-
-
-def pid_alive(pid) -> bool:
-    """True for a live process; a zombie (exited, not yet reaped) counts as dead."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def effective_state(root: Path, run_id: str, status: dict | None = None) -> str:

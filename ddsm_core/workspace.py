@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .processes import pid_alive
+
 DEFAULT_WORKSPACE = "artifacts"
 
 
@@ -58,18 +60,29 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
     atomic on one filesystem, and the temp file sits beside the target.
     """
     path = Path(path)
+    tmp = _staged(path, write, suffix)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _staged(path: Path, write, suffix: str) -> Path:
+    """write(temp) on a temp file beside path, flushed to disk; on failure no temp file is left, and an
+    OSError (a full disk, say) names path, the file the user knows, not the temp file."""
     tmp = _temp_beside(path, suffix)
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:  # e.g. a full disk: name the file we were writing, not the temp file
+    except OSError as error:
         tmp.unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def write_together(writes: dict, journal: Path) -> None:
@@ -83,10 +96,7 @@ def write_together(writes: dict, journal: Path) -> None:
     staged = {}
     try:
         for path, write in writes.items():
-            staged[Path(path)] = tmp = _temp_beside(Path(path), ".tmp")
-            write(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            staged[Path(path)] = _staged(Path(path), write, ".tmp")
         write_json(journal, {str(tmp): str(path) for path, tmp in staged.items()})
     except BaseException:
         for tmp in staged.values():
@@ -196,23 +206,13 @@ def recover_dirs(parent: Path) -> None:
         return
     for entry in sorted(parent.iterdir()):
         found = _STAGING.match(entry.name) or _ASIDE.match(entry.name)
-        if not found or _alive(int(found["pid"])):
+        if not found or pid_alive(int(found["pid"])):
             continue
         target = parent / found["name"]
         if found.re is _ASIDE and not target.exists():
             os.replace(entry, target)  # killed between the two renames: the old folder is still the current one
         else:
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def file_sha256(path: Path) -> str:

@@ -2,6 +2,7 @@
 release's quirks: counts, splits, normal patches, the 16-bit transform, bad rows, training, the detail view."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -55,7 +56,8 @@ def test_counts_per_class_and_split_match_the_csvs(imported):
     expected = truth.groupby(["split", "label"]).size().to_dict()
     assert abnormal.groupby(["split", "label"]).size().to_dict() == expected
     normals = manifest[manifest["label"] == 0]
-    assert len(normals) + dataset.info["source"]["normals_short"] == 2 * N_IMAGES
+    assert dataset.info["source"]["mammograms"] == N_IMAGES
+    assert normals.groupby("source_image").size().max() <= 2  # --normals-per-image
     assert len(normals) >= N_IMAGES  # most mammograms have room for both
     for split in store.SPLITS:  # every class in both official splits of this tree
         assert all(count > 0 for count in dataset.info["counts"][split].values())
@@ -66,7 +68,26 @@ def test_no_patient_is_in_both_splits_and_the_patient_is_the_group(imported):
     splits_per_group = dataset.manifest.groupby("group")["split"].nunique()
     assert (splits_per_group == 1).all()
     assert set(dataset.manifest["group"]) == set(truth["patient"])
-    assert dataset.info["source"]["patients_in_both_splits"] == []
+    assert not any("both the train and the test split" in w for w in dataset.info["import_report"]["warnings"])
+
+
+def test_a_patient_in_both_official_splits_is_kept_and_warned_about(tmp_path):
+    """The real release files a few patients under both splits: the official split is kept, and said."""
+    source = tmp_path / "source"
+    synth_cbis.write(source, "jpeg", n_images=12, seed=4)
+    moved = pd.read_csv(next(source.rglob(cbis.case_csv_name("mass", "train"))))["patient_id"].iloc[0]
+    test_path = next(source.rglob(cbis.case_csv_name("mass", "test")))
+    with open(test_path, newline="") as handle:
+        rows = list(csv.reader(handle))  # the csv module keeps the release's quirks (newlines inside paths)
+    assert len(rows) > 1, "the tree's mass test CSV has a row to move"
+    rows[1][rows[0].index("patient_id")] = moved
+    with open(test_path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    dataset = import_tree(tmp_path / "workspace", "cbis", source)
+    assert dataset.manifest.groupby("group")["split"].nunique()[moved] == 2
+    warned = [w for w in dataset.info["import_report"]["warnings"] if "both the train and the test split" in w]
+    assert warned == [f"1 patient group(s) have patches in both the train and the test split (e.g. {moved}): "
+                      "test results on them may be optimistic"]
 
 
 def test_metadata_columns_from_either_spelling(imported):

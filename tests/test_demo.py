@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ddsm_core import demo, runs
+from ddsm_core import demo, processes, runs
 from ddsm_core.tasks import TASKS
 from support import cli, start_cli
 
@@ -17,7 +17,7 @@ SMALL = ["--n-train", 300, "--n-test", 100, "--image-size", 32, "--epochs", 2]
 def kill_running_workers(root):
     for run_id in runs.list_ids(root):
         pid = runs.read_status(root, run_id).get("pid")
-        if runs.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -203,9 +203,20 @@ def test_metrics_per_metadata_slice_are_stored_with_the_evaluation(trained_works
     assert set(views) == {"CC", "MLO"} and sum(entry["n"] for entry in views.values()) == len(frame)
     for view, entry in views.items():
         chosen = frame[frame["filename"].map(manifest.set_index("filename")["view"]) == view]
-        if entry["accuracy"] is not None:
-            assert entry["accuracy"] == pytest.approx((chosen["y_true"] == chosen["y_pred"]).mean(), abs=1e-9)
+        assert entry["accuracy"] == pytest.approx((chosen["y_true"] == chosen["y_pred"]).mean(), abs=1e-9)
     assert result["slices"] == json.loads(json.dumps(slices.compute(frame, manifest, get_task(0).class_names)))
+
+
+def test_an_evaluation_stored_before_slices_gets_them_without_inference(trained_workspace):
+    from ddsm_core.evaluation import evaluate_run
+
+    root, run_id = trained_workspace.root, trained_workspace.run_t0
+    _, result = stored(root, run_id)
+    older = {key: value for key, value in result.items() if key != "slices"}
+    workspace.write_json(runs.metrics_file(root, run_id, "test"), older)
+    evaluation = evaluate_run(root, run_id, log=lambda *_: None)
+    assert evaluation.skipped  # the checkpoint is unchanged: no inference
+    assert stored(root, run_id)[1]["slices"] == result["slices"]
 
 
 def test_the_evaluator_works_unfrozen_on_a_tensorflow_it_was_not_checked_on(monkeypatch):
@@ -216,6 +227,7 @@ def test_the_evaluator_works_unfrozen_on_a_tensorflow_it_was_not_checked_on(monk
     from ddsm_core import inference
     from ddsm_core.models import build_classifier
 
+    monkeypatch.setattr(inference, "FROZEN_ON_TF", tf.__version__)  # this TensorFlow freezes, whichever it is
     model = build_classifier("small_cnn", 5, 32)
     batch = tf.constant(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32) * 255)
     frozen = np.asarray(inference.inference_function(model, 32)(batch))

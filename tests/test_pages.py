@@ -428,4 +428,5 @@ def test_data_page_draws_the_evaluations_slices_without_an_audit(trained_workspa
     spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
     drawn = dict(zip(plotly_values(spec["data"][0]["x"]), plotly_values(spec["data"][0]["y"])))
     expected = {e["value"]: e["balanced_accuracy"] for e in stored["view"] if e["balanced_accuracy"] is not None}
+    assert expected, "the test run's views have balanced accuracies to draw"
     assert drawn.keys() == expected.keys() and drawn == pytest.approx(expected)

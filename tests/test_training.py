@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from ddsm_core import jobs, runs, synth
+from ddsm_core import jobs, processes, runs, synth
 from ddsm_core.config import RunConfig
 from ddsm_core.data.seed_csv import import_seed_csv
 from ddsm_core.runs import create_run
@@ -196,7 +196,7 @@ def wait_finished(root, run_id, timeout=300):
 def test_job_outlives_its_launcher_and_cannot_be_trained_twice(root):
     run_id = launch(root)
     pid = runs.read_status(root, run_id)["pid"]
-    assert runs.pid_alive(pid), "the worker keeps running after the launcher exited"
+    assert processes.pid_alive(pid), "the worker keeps running after the launcher exited"
     wait_for(lambda: runs.is_locked(root, run_id), timeout=60)
     second = cli("train", "--workspace", root, "--resume", run_id)
     assert second.returncode == 1 and f"run {run_id} is already being trained" in errors(second)[0]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import jobs, runs, slices, workspace
+from .. import jobs, processes, runs, slices, workspace
 from ..data import store
 from ..errors import UserError
 from ..review import log_tail
@@ -146,7 +146,7 @@ def job_state(root: Path, name: str) -> dict:
     if not status:
         return {"state": "none", "fraction": 0.0, "message": "", "run": None}
     state = status.get("state", "none")
-    if state == "running" and not runs.pid_alive(status.get("pid")) and not _locked(root, name):
+    if state == "running" and not processes.pid_alive(status.get("pid")) and not _locked(root, name):
         state, status = "failed", status | {"message": status.get("error") or log_tail(log_file(root, name))
                                             or "the audit process stopped"}
     return {"state": state, "fraction": float(status.get("fraction") or 0.0),
@@ -386,7 +386,8 @@ def run_findings(root: Path, dataset: store.Dataset, run_id: str, measured: patc
         "label_issues": _issue_records(issues[issues["issue"]], f"run {run_id}"),
         "model_auc": metrics.get("roc_auc"), "model_ci": (metrics.get("bootstrap") or {}).get("roc_auc"),
         "correlations": shortcut.correlations(props, predictions[columns]),
-        "slices": slices.compute(predictions, manifest, task.class_names),
+        # stored by the evaluation; computed here only for one stored before slices were part of it
+        "slices": metrics["slices"] if "slices" in metrics else slices.compute(predictions, manifest, task.class_names),
     }
 
 

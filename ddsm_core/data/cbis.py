@@ -28,9 +28,18 @@ from .. import workspace
 from ..errors import UserError
 from ..processes import spawn_pool
 from . import images, store
-from .cbis_patches import CONTEXT_SIDE, NORMAL_MAX_DARK, ROI_MARGIN, ImageJob, RoiJob, Settings, process_image
+from .cbis_patches import (
+    CONTEXT_SIDE,
+    NORMAL_MAX_DARK,
+    ROI_MARGIN,
+    ImageJob,
+    RoiJob,
+    Settings,
+    process_image,
+    shown_path,
+)
 
-KINDS = {"mass": "mass", "calc": "calcification"}
+KINDS = ("mass", "calc")  # as the case CSVs name them
 CSV_SPLITS = ("train", "test")
 PATH_COLUMNS = ("image file path", "cropped image file path", "ROI mask file path")
 FULL_DESCRIPTION = "full mammogram images"
@@ -104,7 +113,7 @@ class TciaFiles:
         if not folder.is_dir():
             return (), "series folder not found (neither in metadata.csv nor as CBIS-DDSM/<subject>/<study>/<series>)"
         found = tuple((str(path), None) for path in sorted(folder.glob("*.dcm")))
-        return (found, None) if found else ((), f"no .dcm file in {_shown(folder, self.source)}")
+        return (found, None) if found else ((), f"no .dcm file in {shown_path(folder, self.source)}")
 
 
 class JpegFiles:
@@ -135,13 +144,6 @@ class JpegFiles:
         if not found:
             return (), "series not listed in csv/dicom_info.csv"
         return tuple(sorted(found)), None
-
-
-def _shown(path: Path, source: Path) -> str:
-    try:
-        return str(path.relative_to(source))
-    except ValueError:
-        return str(path)
 
 
 def source_files(source: Path):
@@ -299,13 +301,6 @@ def _manifest(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def _patients_in_both_splits(rows: list[dict]) -> list[str]:
-    splits: dict[str, set] = {}
-    for row in rows:
-        splits.setdefault(row["group"], set()).add(row["split"])
-    return sorted(group for group, seen in splits.items() if len(seen) > 1)
-
-
 def import_cbis(root, name: str, source, patch_size: int = DEFAULT_PATCH_SIZE,
                 normals_per_image: int = DEFAULT_NORMALS, skip_bad: bool = False, replace_existing: bool = False,
                 workers: int | None = None, seed: int = SEED, progress=sys.stderr) -> store.Dataset:
@@ -338,6 +333,5 @@ def import_cbis(root, name: str, source, patch_size: int = DEFAULT_PATCH_SIZE,
                 "transform": images.SIXTEEN_BIT_TRANSFORM if finder.layout == "tcia" else JPEG_TRANSFORM,
                 "patch_size": patch_size, "roi_margin": ROI_MARGIN, "normals_per_image": normals_per_image,
                 "normal_max_dark": NORMAL_MAX_DARK, "seed": seed, "context_longest_side": CONTEXT_SIDE,
-                "mammograms": len(jobs), "normals_short": sum(result.normals_short for result in results),
-                "patients_in_both_splits": _patients_in_both_splits(rows)}
+                "mammograms": len(jobs), "normals_short": sum(result.normals_short for result in results)}
         return store.save(root, name, store.CBIS, info, _manifest(rows), bad, staging, replace_existing)

@@ -5,8 +5,9 @@ For one full mammogram:
 - its pixels are read (DICOM through pydicom, JPEG through Pillow), and, when 16-bit, its window is
   images.window_of of the whole image; every patch and the context picture go through images.to_8bit
   with that one window (MONOCHROME1 inverted);
-- each abnormality's ROI mask is found among its series' files by pixel content (a near-binary 0/255
-  image) with the SeriesDescription as a tie-break, never by file name; the patch is a square around the
+- each abnormality's ROI mask is found among its series' files, never by file name: a file whose
+  SeriesDescription says "crop" is passed over, and of the rest the near-binary 0/255 image is the mask (the
+  description deciding between several); the patch is a square around the
   mask's bounding box: patch_size when the ROI fits, else the ROI's extent plus ROI_MARGIN resized down to
   patch_size (Shen et al.);
 - normal patches (patch_size, native scale) are drawn with a generator seeded by the import seed and the
@@ -211,22 +212,24 @@ def normal_boxes(tissue: np.ndarray, factor: int, shape: tuple[int, int], taken:
 
 # ---------------------------------------------------------------- one mammogram
 
-def _relative(path: str, source: str) -> str:
+def shown_path(path, source) -> str:
+    """path as messages show it: relative to the source folder when inside it."""
     try:
         return str(Path(path).relative_to(source))
     except ValueError:
-        return path
+        return str(path)
 
 
 def find_mask(roi: RoiJob, source: str) -> tuple[np.ndarray | None, str, str | None]:
-    """(mask, file, problem): the ROI mask among the series' files, by pixel content (near-binary), the
-    SeriesDescription deciding between several binary ones; `file` names the file a problem is about."""
+    """(mask, file, problem): the ROI mask among the series' files: those described as a crop are passed
+    over; of the rest, a near-binary one, the SeriesDescription deciding between several; `file` names the
+    file a problem is about."""
     described, found = None, []
     for path, listed in roi.files:
         try:
             pixels, _, description = read_any(path, listed)
         except ValueError as error:
-            return None, _relative(path, source), str(error)
+            return None, shown_path(path, source), str(error)
         says_mask = "mask" in description.lower()
         if "crop" in description.lower():
             continue
@@ -237,9 +240,9 @@ def find_mask(roi: RoiJob, source: str) -> tuple[np.ndarray | None, str, str | N
             described = path
     if found:
         _, path, mask = min(found, key=lambda item: item[0])
-        return mask, _relative(path, source), None
+        return mask, shown_path(path, source), None
     if described:
-        return None, _relative(described, source), "ROI mask is not a binary 0/255 image"
+        return None, shown_path(described, source), "ROI mask is not a binary 0/255 image"
     return None, roi.csv_file, "no ROI mask among the files of its series (a binary 0/255 image)"
 
 
@@ -271,7 +274,7 @@ def process_image(job: ImageJob, settings: Settings) -> ImageResult:
             raise ValueError(job.problem)
         full, monochrome1, _ = read_any(job.file, None)
     except ValueError as error:
-        file = _relative(job.file, settings.source) if job.file else job.csv_file
+        file = shown_path(job.file, settings.source) if job.file else job.csv_file
         result.bad = [_bad(roi.where, file, f"full mammogram: {error}") for roi in job.rois]
         result.normals_short = settings.normals_per_image
         return result
@@ -279,7 +282,6 @@ def process_image(job: ImageJob, settings: Settings) -> ImageResult:
     eight = (lambda pixels: images.to_8bit(pixels, window, monochrome1)) if window else (lambda pixels: pixels)
     factor = context_factor(full.shape)
     context = eight(downsampled(full, factor))
-    images.write_png(Path(settings.staging) / context_file(job.subject), context)
     taken = []
     for roi in job.rois:
         row, box = _abnormal_patch(roi, job, settings, full, eight, factor, context.shape)
@@ -288,17 +290,16 @@ def process_image(job: ImageJob, settings: Settings) -> ImageResult:
             taken.append(box)
         else:
             result.bad.append(row)
-    if result.bad:
-        result.normals_short = settings.normals_per_image
-        return result
-    rng = np.random.default_rng([settings.seed, zlib.crc32(job.key.encode())])
-    tissue = context > noise.DARK_LEVEL
-    boxes = normal_boxes(tissue, factor, full.shape, taken, settings.normals_per_image, settings.patch_size, rng)
+    boxes = [] if result.bad else normal_boxes(  # a bad ROI's lesion could be anywhere: no normals then
+        context > noise.DARK_LEVEL, factor, full.shape, taken, settings.normals_per_image, settings.patch_size,
+        np.random.default_rng([settings.seed, zlib.crc32(job.key.encode())]))
     for number, (x, y, side) in enumerate(boxes, start=1):
         patch = eight(full[y:y + side, x:x + side])
         result.rows.append(_patch_row(settings, job.normal_fields, f"{job.subject}_normal{number}.png", patch,
                                       (x, y, side), job, full.shape, None))
     result.normals_short = settings.normals_per_image - len(boxes)
+    if result.rows:  # the rows name the picture; a mammogram that gave none leaves none behind
+        images.write_png(Path(settings.staging) / context_file(job.subject), context)
     return result
 
 

@@ -90,7 +90,8 @@ def counts_by_split(manifest: pd.DataFrame) -> dict:
 
 
 def import_warnings(manifest: pd.DataFrame) -> list[str]:
-    """Things worth knowing that do not stop an import: mixed sizes, empty classes."""
+    """Things worth knowing that do not stop an import: mixed sizes, empty classes, no groups, patients in
+    both splits (the official CBIS-DDSM split has a few)."""
     warnings = []
     sizes = (manifest["width"].astype(str) + "x" + manifest["height"].astype(str)).value_counts()
     if len(sizes) > 1:
@@ -102,6 +103,10 @@ def import_warnings(manifest: pd.DataFrame) -> list[str]:
                 warnings.append(f"{split} split has no patches of class {label} ({SOURCE_LABELS[int(label)]})")
     if (manifest["group"] == manifest["filename"].map(lambda f: Path(f).stem)).all():
         warnings.append("no patient or mammogram group found: validation splits will be patch-level and may leak")
+    splits_per_group = manifest.groupby("group")["split"].nunique()
+    if (leaked := sorted(splits_per_group.index[splits_per_group > 1])):
+        warnings.append(f"{len(leaked)} patient group(s) have patches in both the train and the test split "
+                        f"(e.g. {', '.join(map(str, leaked[:3]))}): test results on them may be optimistic")
     return warnings
 
 

@@ -49,6 +49,15 @@ def snapshot(root: Path) -> dict[str, str]:
     return result
 
 
+def edit_csv(path, edit) -> None:
+    """Rewrite a source CSV through edit(frame), every cell kept as the text it was (empty stays empty)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+
 def seed_csv_args(name: str, source: Path, workspace: Path) -> list[str]:
     return ["import", "seed-csv", "--workspace", workspace, "--name", name,
             "--train-csv", source / "train.csv", "--train-images", source / "train_images",

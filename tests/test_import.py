@@ -8,7 +8,7 @@ import pytest
 
 from ddsm_core import synth
 from ddsm_core.data import store
-from support import cli, errors, seed_csv_args, snapshot
+from support import cli, edit_csv, errors, seed_csv_args, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,6 @@ def copy_source(source, tmp_path):
     target = tmp_path / "source"
     shutil.copytree(source, target)
     return target
-
-
-def edit_csv(path, edit):
-    frame = pd.read_csv(path, dtype=str)
-    edit(frame)
-    frame.to_csv(path, index=False)
 
 
 # ---------------------------------------------------------------- round trips

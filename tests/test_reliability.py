@@ -33,7 +33,7 @@ from PIL import Image
 from ddsm_core import runs, synth, verdicts, workspace
 from ddsm_core.data import store
 from ddsm_core.data.images import SIXTEEN_BIT_TRANSFORM, to_8bit, window_of
-from support import PROJECT, cli, cli_env, seed_csv_args, snapshot
+from support import PROJECT, cli, cli_env, edit_csv, seed_csv_args, snapshot
 
 pytestmark = pytest.mark.slow
 DOC = PROJECT / "docs" / "RELIABILITY.md"
@@ -67,14 +67,8 @@ class Case:
     reason: str  # and says this
 
 
-def _edit_csv(path: Path, edit) -> None:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    edit(frame)
-    frame.to_csv(path, index=False)
-
-
 def _set(path: Path, column: str, row: int, value) -> None:
-    _edit_csv(path, lambda f: f.__setitem__(column, f[column].where(f.index != row, value)))
+    edit_csv(path, lambda f: f.__setitem__(column, f[column].where(f.index != row, value)))
 
 
 def _name(src: Path, split: str, row: int) -> str:
@@ -108,13 +102,13 @@ def _image(src: Path, split: str, row: int) -> Path:
 def _same_name_in_both_splits(src: Path) -> None:
     name = _name(src, "train", 0)
     shutil.copy(src / "seed/train_images" / name, src / "seed/test_images" / name)
-    _edit_csv(src / "seed/test.csv", lambda f: f.__setitem__("filename", f["filename"].where(f.index != 2, name)))
+    edit_csv(src / "seed/test.csv", lambda f: f.__setitem__("filename", f["filename"].where(f.index != 2, name)))
 
 
 def _case_collision(src: Path) -> None:
     name = _name(src, "train", 3)
     shutil.copy(src / "seed/train_images" / name, src / "seed/train_images" / name.lower())
-    _edit_csv(src / "seed/train.csv", lambda f: f.loc.__setitem__(len(f), [name.lower()] + list(f.iloc[3, 1:])))
+    edit_csv(src / "seed/train.csv", lambda f: f.loc.__setitem__(len(f), [name.lower()] + list(f.iloc[3, 1:])))
 
 
 def _symlink_out(src: Path) -> None:
@@ -222,7 +216,7 @@ def _train(good: dict, *extra) -> list:
 BAD_INPUT = [
     # ---- seed-csv importer
     Case("seed-missing-column", "seed CSV without its y column",
-         _mutating(lambda s: _edit_csv(s / "seed/train.csv", lambda f: f.rename(columns={"y": "label"}, inplace=True))),
+         _mutating(lambda s: edit_csv(s / "seed/train.csv", lambda f: f.rename(columns={"y": "label"}, inplace=True))),
          "train.csv", "missing column(s) y"),
     Case("seed-empty-csv", "empty test CSV (0 bytes)",
          _mutating(lambda s: (s / "seed/test.csv").write_bytes(b"")), "test.csv", "empty file"),
@@ -444,6 +438,29 @@ def _kill_after(process: subprocess.Popen, seconds: float) -> bool:
     return True
 
 
+def _kill_midway(args: tuple, whole: float, seed: int) -> float:
+    """Run the command and SIGKILL it at a seeded moment inside its run: a fraction (0.15-0.85, from seed) of
+    `whole`, the seconds an uninterrupted run of it took here. A run that ends first (the machine was faster
+    this time) must have succeeded, and is run again with the moment halved, so that the test always kills
+    a process that is still working. Returns the moment."""
+    fraction = np.random.default_rng(seed).uniform(0.15, 0.85)
+    for attempt in range(4):
+        moment = whole * fraction / 2**attempt
+        process = _start(*args)
+        if _kill_after(process, moment):
+            return moment
+        assert process.returncode == 0, f"the command failed by itself: {args}"
+    pytest.fail(f"the command always finished before the kill, lastly at {moment:.2f} s: {args}")
+
+
+def _timed(*args) -> float:
+    """Seconds of an uninterrupted run of the command, as _kill_midway starts it."""
+    started = time.monotonic()
+    process = _start(*args)
+    assert process.wait() == 0, f"the command failed: {args}"
+    return time.monotonic() - started
+
+
 def _start(*args, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *map(str, args)], env=cli_env(), cwd=PROJECT, start_new_session=True,
                             stdout=stdout, stderr=subprocess.DEVNULL, text=True)
@@ -461,16 +478,15 @@ def test_an_import_killed_at_a_random_moment_leaves_the_old_dataset_or_the_new_o
     with recorded(f"kill-import-{seed}", "Faults", f"SIGKILL during `import seed-csv --replace` (seed {seed})",
                   "the previous dataset or the new one, whole; leftovers are cleaned and the import then succeeds"):
         root = tmp_path / "ws"
-        cli(*seed_csv_args("data", big_seed, root), check=True)
-        old = store.load(root, "data")
-        moment = np.random.default_rng(seed).uniform(0.5, 6.0)
-        process = _start("-m", "ddsm_core", *seed_csv_args("data", big_seed, root), "--replace")
-        assert _kill_after(process, moment) or process.returncode == 0, "the import failed by itself"
+        args = ("-m", "ddsm_core", *seed_csv_args("data", big_seed, root))
+        whole = _timed(*args)
+        old = snapshot(root / "datasets" / "data")
+        _kill_midway((*args, "--replace"), whole, seed)
         names = store.list_datasets(root)  # puts back a dataset renamed aside by the killed import
         assert names == ["data"], names
-        now = store.load(root, "data")
-        assert now.info["created"] == old.info["created"] or (now.manifest["filename"] == old.manifest["filename"]).all()
-        assert len(now.manifest) == 1200
+        now = snapshot(root / "datasets" / "data")
+        # the same source imports to the same bytes, dataset.json's time aside: old or new, it must be whole
+        assert {k: v for k, v in now.items() if k != store.INFO} == {k: v for k, v in old.items() if k != store.INFO}
         cli(*seed_csv_args("data", big_seed, root), "--replace", check=True)  # the same import then succeeds
         assert sorted(p.name for p in (root / "datasets").iterdir()) == ["data"], "no staging or old folder left"
 
@@ -482,13 +498,13 @@ def test_an_evaluation_killed_at_a_random_moment_leaves_old_or_new_results_never
     with recorded(f"kill-evaluate-{seed}", "Faults", f"SIGKILL during `evaluate --force` (seed {seed})",
                   "predictions and metrics are both the old ones or both the new ones"):
         root, run_id = workspace_copy.root, workspace_copy.run_t0
+        args = ("-m", "ddsm_core", "evaluate", "--workspace", root, "--run", run_id, "--force")
+        whole = _timed(*args)
         predictions, metrics = runs.predictions_file(root, run_id, "test"), runs.metrics_file(root, run_id, "test")
         marked = pd.read_parquet(predictions).assign(marker="old")  # the old pair, recognisable as one
         workspace.write_parquet(predictions, marked)
         workspace.write_json(metrics, workspace.read_json(metrics) | {"evaluated": "old"})
-        moment = np.random.default_rng(seed).uniform(2.0, 14.0)
-        process = _start("-m", "ddsm_core", "evaluate", "--workspace", root, "--run", run_id, "--force")
-        assert _kill_after(process, moment) or process.returncode == 0, "the evaluation failed by itself"
+        _kill_midway(args, whole, seed)
         results = RunResults.load(root, run_id)
         old_predictions = "marker" in results.predictions.columns
         old_metrics = results.metrics["evaluated"] == "old"
@@ -554,8 +570,20 @@ features.ensure(sys.argv[1], RunConfig(**{HEAD_CONFIG!r}), "float32", log=lambda
 """
 
 
+@pytest.fixture(scope="module")
+def feature_reference(good, tmp_path_factory):
+    """(features, seconds) of an uninterrupted feature-cache build on a copy of the good workspace."""
+    from ddsm_core import features
+    from ddsm_core.config import RunConfig
+
+    reference = tmp_path_factory.mktemp("features") / "workspace"
+    shutil.copytree(good["root"], reference)
+    seconds = _timed("-c", _BUILD, reference)
+    return features.ensure(reference, RunConfig(**HEAD_CONFIG), "float32", log=lambda *_: None).features(), seconds
+
+
 @pytest.mark.parametrize("seed", KILL_SEEDS)
-def test_a_feature_cache_build_killed_at_a_random_moment_is_rebuilt_whole(good, tmp_path, seed):
+def test_a_feature_cache_build_killed_at_a_random_moment_is_rebuilt_whole(good, feature_reference, tmp_path, seed):
     from ddsm_core import features
     from ddsm_core.config import RunConfig
 
@@ -563,14 +591,10 @@ def test_a_feature_cache_build_killed_at_a_random_moment_is_rebuilt_whole(good, 
                   "no cache or a whole one; the next build finishes it, equal to an uninterrupted build, "
                   "and removes the killed build's staging folder"):
         root = _private_copy(good, tmp_path)
-        process = _start("-c", _BUILD, root)
-        assert _kill_after(process, np.random.default_rng(seed).uniform(3.0, 12.0)) or process.returncode == 0
-        config = RunConfig(**HEAD_CONFIG)
-        cache = features.ensure(root, config, "float32", log=lambda *_: None)
-        reference = tmp_path / "reference"
-        shutil.copytree(good["root"], reference)
-        expected = features.ensure(reference, config, "float32", log=lambda *_: None)
-        assert np.array_equal(cache.features(), expected.features())
+        expected, whole = feature_reference
+        _kill_midway(("-c", _BUILD, root), whole, seed)
+        cache = features.ensure(root, RunConfig(**HEAD_CONFIG), "float32", log=lambda *_: None)
+        assert np.array_equal(cache.features(), expected)
         leftovers = [p.name for p in features.cache_root(root).iterdir() if ".staging-" in p.name or ".old-" in p.name]
         assert not leftovers, leftovers
 

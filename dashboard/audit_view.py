@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from ddsm_core import audit, review, runs
+from ddsm_core import audit, runs
 from ddsm_core.audit import results as audit_results
 from ddsm_core.audit.shortcut import WARN_AUC
 from ddsm_core.data import store
@@ -21,6 +21,7 @@ from ddsm_core.tasks import TASKS
 
 from . import patches
 from .cache import dataset as cached_dataset
+from .cache import results as cached_results
 from .cache import root
 from .sidebar import show_problems
 
@@ -202,7 +203,8 @@ def slice_frame(slices: dict) -> pd.DataFrame:
 
 
 def _slices(here: Path, run_id: str | None, result: dict) -> None:
-    stored_slices = (review.read_metrics(here, run_id) or {}).get("slices") if run_id else None
+    evaluated = cached_results(run_id) if run_id else None  # the evaluation stores them
+    stored_slices = evaluated.metrics.get("slices") if evaluated else None
     frame = slice_frame(stored_slices or result.get("slices"))
     if frame.empty:
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from ddsm_core import review, runs, workspace
-from ddsm_core.data import store
+from ddsm_core.data import cbis_context, store
 
 
 def root() -> Path:
@@ -44,3 +44,10 @@ def dataset(name: str):
     """The dataset (shared, do not modify); re-read when its manifest changes."""
     here = root()
     return _dataset(str(here), name, store.manifest_stamp(here, name))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def context_picture(folder_text: str, row: dict):
+    """cbis_context.context_picture of a patch's manifest row (its CONTEXT_FIELDS), drawn once: the detail
+    dialog reruns on every window, zoom or size change."""
+    return cbis_context.context_picture(Path(folder_text), row)

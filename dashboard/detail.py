@@ -177,7 +177,7 @@ def _full_mammogram(dataset: str, filename: str, width: int) -> None:
     if hit.empty or not cbis_context.has_context(hit.iloc[0]):
         return
     row = hit.iloc[0]
-    picture = cbis_context.context_picture(stored.folder, row)
+    picture = cache.context_picture(str(stored.folder), {field: row.get(field) for field in cbis_context.CONTEXT_FIELDS})
     if picture is None:
         st.warning(f"The full mammogram of {filename} is missing from the dataset folder ({row['context']}).")
         return

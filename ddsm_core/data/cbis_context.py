@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from .cbis_patches import context_factor
 
+CONTEXT_FIELDS = ("context", "roi_outline", "box_x", "box_y", "box_size", "source_width", "source_height")
 OUTLINE = (255, 40, 40)
 BOX = (255, 220, 0)
 

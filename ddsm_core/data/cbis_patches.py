@@ -92,19 +92,9 @@ def read_dicom(path) -> tuple[np.ndarray, bool, str]:
 
 
 def read_jpeg(path) -> np.ndarray:
-    """An 8-bit JPEG of the re-release as (H, W) grayscale (images.to_gray); ValueError with a reason.
-
-    Not images.read_image: that reader caps sizes at a patch's, and full mammograms are larger."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in images.SUPPORTED_MODES:
-                raise ValueError(f"unsupported image mode {image.mode} (expected 8-bit grayscale or RGB)")
-            return images.to_gray(np.asarray(image))
-    except FileNotFoundError:
-        raise ValueError("file not found") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError):
-        raise ValueError("not a decodable image") from None
+    """An 8-bit JPEG of the re-release as (H, W) grayscale (images.to_gray); ValueError with a reason. Full
+    mammograms are larger than a patch, so without read_image's patch-size cap."""
+    return images.to_gray(images.read_image(path, max_pixels=None))
 
 
 def read_any(path: str, description: str | None) -> tuple[np.ndarray, bool, str]:

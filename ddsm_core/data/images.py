@@ -19,24 +19,27 @@ MAX_PATCH_PIXELS = 4096 * 4096
 LUMA = (0.299, 0.587, 0.114)
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, max_pixels: int | None = MAX_PATCH_PIXELS) -> np.ndarray:
     """Decode an 8-bit grayscale or RGB file into a uint8 array (H, W) or (H, W, 3).
 
-    Raises ValueError with a short reason when the file is not such an image.
+    Raises ValueError with a short reason when the file is not such an image. max_pixels: the size
+    cap checked from the header, before decoding (None for full mammograms).
     """
-    array = read_pixels(path)
+    array = read_pixels(path, max_pixels)
     if array.dtype != np.uint8:
         raise ValueError("16-bit image (expected 8-bit grayscale or RGB)")
     return array
 
 
-def read_pixels(path) -> np.ndarray:
+def read_pixels(path, max_pixels: int | None = MAX_PATCH_PIXELS) -> np.ndarray:
     """Like read_image, but a 16-bit grayscale file comes back as its (H, W) uint16 pixels (for to_8bit)."""
     try:
         with Image.open(path) as image:
-            _check_header(image)
+            _check_header(image, max_pixels)
             image.load()
             return np.asarray(image)
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
     except Image.DecompressionBombError:
         raise ValueError(f"image too large to be a patch (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") \
             from None
@@ -44,13 +47,13 @@ def read_pixels(path) -> np.ndarray:
         raise ValueError("not a decodable image") from error
 
 
-def _check_header(image: Image.Image) -> None:
+def _check_header(image: Image.Image, max_pixels: int | None) -> None:
     width, height = image.size
     if width * height == 0:
         raise ValueError(f"image has no pixels ({width} x {height})")
-    if width * height > MAX_PATCH_PIXELS:
+    if max_pixels is not None and width * height > max_pixels:
         raise ValueError(f"image is {width:,} x {height:,} pixels, too large to be a patch "
-                         f"(at most {MAX_PATCH_PIXELS:,} pixels)")
+                         f"(at most {max_pixels:,} pixels)")
     if image.mode not in SUPPORTED_MODES and image.mode not in SIXTEEN_BIT_MODES:
         raise ValueError(f"unsupported image mode {image.mode} (expected 8-bit grayscale or RGB, "
                          "or 16-bit grayscale)")

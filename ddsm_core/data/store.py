@@ -27,8 +27,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SPLITS = ("train", "test")
 SEED_CSV, KAGGLE, CBIS = "seed-csv", "kaggle", "cbis-ddsm"
 INFO, MANIFEST = "dataset.json", "manifest.parquet"  # a dataset folder's two files
-FORMATS = (SEED_CSV, KAGGLE, CBIS)  # the source layouts the importers read (import <format>), as dataset.json names them
-PATCH_FORMATS = (SEED_CSV, KAGGLE)  # the layouts of ready-cut patches (what `synth` writes)
+PATCH_FORMATS = (SEED_CSV, KAGGLE)  # the layouts of ready-cut patches (what `synth` writes); dataset.json's
+# "format" is one of these or CBIS
 PATIENT_PREFIX = re.compile(r"^(P_\d+)")
 
 
@@ -188,11 +188,9 @@ def manifest_stamp(root: Path, name: str) -> int:
 
 def load(root: Path, name: str) -> Dataset:
     folder = workspace.dataset_dir(root, name)
-    if not folder.exists():
-        workspace.recover_dirs(folder.parent)
+    known = [] if (folder / INFO).exists() else list_datasets(root)  # which puts back one a killed import set aside
     if not (folder / INFO).exists():
-        known = ", ".join(list_datasets(root)) or "none yet"
-        raise UserError(f"no dataset named {name!r} in {root} (datasets: {known})")
+        raise UserError(f"no dataset named {name!r} in {root} (datasets: {', '.join(known) or 'none yet'})")
     info = workspace.read_json(folder / INFO)
     manifest = pd.read_parquet(folder / MANIFEST)
     return Dataset(name, folder, info, manifest)
